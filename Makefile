@@ -1,0 +1,55 @@
+# lamflow: `make demo` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CAMVID ?= $(or $(LAMFLOW_CAMVID),../shared/data/camvid)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv demo test lint typecheck unit bench s3-up s3-down ui clean
+
+# The stamp is rebuilt whenever the pinned requirements or the package metadata change.
+$(BIN)/.installed: requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
+	@touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/lamflow demo --camvid $(CAMVID) --out outputs/demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -m "not slow and not integration" -q
+
+test: lint typecheck
+	$(BIN)/pytest -q --durations=15
+
+bench: venv
+	$(BIN)/python bench/quality.py --camvid $(CAMVID)
+	$(BIN)/python bench/throughput.py --camvid $(CAMVID)
+
+s3-up: venv
+	$(BIN)/python -m lamflow.s3server up
+
+s3-down: venv
+	$(BIN)/python -m lamflow.s3server down
+
+ui: venv
+	$(BIN)/prefect config set PREFECT_SERVER_ANALYTICS_ENABLED=false >/dev/null
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

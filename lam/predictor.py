@@ -1,0 +1,86 @@
+"""Inference wrapper: frames in, class maps and confidences out (batched, CPU or CUDA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from lam.errors import LamflowError
+from lam.modeling.lam import LabelAnythingModel
+
+
+@dataclass
+class Prediction:
+    """label: (H, W) uint8 class ids; confidence: (H, W) uint8, 255 = certain (max softmax)."""
+
+    label: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def mean_confidence(self) -> float:
+        return float(self.confidence.mean()) / 255.0
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; otherwise the named torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise LamflowError(f"unknown device {device!r}: {exc}") from exc
+
+
+class Annotator:
+    """Labels frames with a trained LabelAnythingModel.
+
+    Never sees labels: the only inputs are the frames themselves (the leakage test in the suite
+    checks predictions are identical whether label files exist or not).
+    """
+
+    def __init__(
+        self, model: LabelAnythingModel, device: str = "auto", batch_size: int = 4
+    ) -> None:
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = max(1, int(batch_size))
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 -> (B, C, H, W) float logits at full resolution."""
+        out = self.model(images.to(self.device))
+        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Frames of one size, each (H, W, 3) uint8 RGB -> one Prediction each."""
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise LamflowError(f"predict_batch needs frames of one size, got {sorted(shapes)}")
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        probs = torch.softmax(self.logits(batch).float(), dim=1)
+        conf, label = probs.max(dim=1)
+        conf_u8 = (conf * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        label_u8 = label.to(torch.uint8).cpu().numpy()
+        return [Prediction(label=lb, confidence=cf) for lb, cf in zip(label_u8, conf_u8)]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Any number of frames (sizes may differ) -> predictions in input order."""
+        out: list[Prediction | None] = [None] * len(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise LamflowError(
+                    f"frame {i}: expected (H, W, 3) uint8, got {im.shape} {im.dtype}"
+                )
+            by_shape.setdefault(im.shape, []).append(i)
+        for idx in by_shape.values():
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s : s + self.batch_size]
+                for i, pred in zip(chunk, self.predict_batch([images[i] for i in chunk])):
+                    out[i] = pred
+        return [p for p in out if p is not None]

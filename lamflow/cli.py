@@ -1,0 +1,76 @@
+"""`lamflow` command line. Each command module registers its sub-commands; errors become one line.
+
+Command modules (each has `register(subparsers)`) are listed in `_COMMAND_MODULES`; a command's
+handler calls the plain stage function from `tasks/`, never a copy of its body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lam.errors import LamflowError
+
+_COMMAND_MODULES = ("lamflow.commands.core",)
+
+
+def _quiet_environment() -> None:
+    """No telemetry and no hub access from anything we import (the product runs offline)."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamflow", description="Auto-label driving data with a few-shot LAM annotator."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "botocore", "urllib3", "distributed", "prefect", "fsspec", "s3fs"):
+        if not args.verbose:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result = args.func(args)
+    except (LamflowError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        if args.verbose:
+            raise
+        print(f"lamflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lamflow: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `lamflow` CLI, one module per group."""

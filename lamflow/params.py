@@ -1,0 +1,129 @@
+"""Typed `params.yaml`: one section per stage, validated before any work starts.
+
+Section name = stage name = `dvc.yaml` stage = Prefect task name. Unknown or mistyped keys fail
+at load time with the dotted key named (`train.iterations: Input should be a valid integer`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lam.errors import LamflowError
+
+DEFAULT_CAMVID = "../shared/data/camvid"
+
+
+def default_camvid() -> str:
+    """CamVid root: $LAMFLOW_CAMVID, else ../shared/data/camvid beside the repo."""
+    return os.environ.get("LAMFLOW_CAMVID", DEFAULT_CAMVID)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(_Section):
+    """Where things live. `root` holds drops, models, labels and run state (any fsspec URL)."""
+
+    root: str = "outputs/lamflow"
+    camvid: str = Field(default_factory=default_camvid)
+    classes: str = ""  # classes.json URL; empty = `<camvid>/classes.json`
+
+
+class ModelParams(_Section):
+    """Architecture of the annotator (see lam.build.LamConfig)."""
+
+    backbone: str = "efficientnet_lite0"
+    backbone_options: dict[str, Any] = Field(default_factory=dict)
+    out_stride: int = Field(default=4, ge=1, le=32)
+    adapter_hidden: int = Field(default=0, ge=0)
+    adapter_relu: bool = False
+    use_prototypes: bool = True
+    optou_steps: int = Field(default=3, ge=0, le=20)
+    optou_radius: int = Field(default=2, ge=0, le=8)
+    optou_dilation: int = Field(default=1, ge=1, le=8)
+    optou_sigma: float = Field(default=0.1, gt=0)
+
+
+class TrainParams(_Section):
+    """Seed training (lam.train.TrainSettings)."""
+
+    seeds: list[str] = Field(default_factory=list)  # seed frame stems; empty = select_seeds output
+    iterations: int = Field(default=300, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_views: int = Field(default=4, ge=1)
+    scales: list[float] = Field(default_factory=lambda: [0.75, 1.0, 1.25])
+    hflip: bool = True
+    class_balance_power: float = Field(default=0.5, ge=0)
+    seed: int = 0
+
+
+class AnnotateParams(_Section):
+    """Labeling a drop."""
+
+    batch_size: int = Field(default=4, ge=1)
+    device: str = "auto"
+    shard_size: int = Field(default=256, ge=1)
+    write_overlays: int = Field(default=0, ge=0)  # overlay images for the first N frames
+    skip_existing: bool = True
+
+
+class Params(_Section):
+    """All of params.yaml. Sections of stages added later default to empty sections."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    annotate: AnnotateParams = Field(default_factory=AnnotateParams)
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_params(data: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; LamflowError names every bad key."""
+    if data is not None and not isinstance(data, dict):
+        raise LamflowError(
+            f"{source}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as exc:
+        raise LamflowError(_format_error(source, exc)) from exc
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read and validate `path`, then apply `section.key=value` overrides (YAML-typed values)."""
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise LamflowError(f"{path}: not valid YAML ({exc})") from exc
+    elif str(path) != "params.yaml":
+        raise LamflowError(f"params file not found: {path}")
+    for item in overrides or []:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise LamflowError(f"override {item!r} must look like section.key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise LamflowError(f"override {item!r}: {p} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return parse_params(data, str(path))

@@ -1,0 +1,165 @@
+"""Storage through fsspec URLs (file://, s3://, memory://, or plain local paths).
+
+Every stage reads and writes through these helpers, so the same code runs on a laptop folder,
+an S3 bucket or in-memory test storage. Keys built from drive ids or file names go through
+`safe_name`, so they can never escape their prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from lam.errors import LamflowError
+from lam.imageio import IMAGE_SUFFIXES
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is one harmless path component, else raise naming it.
+
+    Allowed: letters, digits, '.', '_' and '-', not starting with '.' or '-', at most 200
+    characters. This rejects '..', absolute paths, separators, spaces and control characters.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise LamflowError(f"unsafe {what} {name!r}: use letters, digits, '.', '_', '-' only")
+    return name
+
+
+def s3_options() -> dict[str, Any]:
+    """s3fs options from the environment (credentials are read by botocore, never logged).
+
+    LAMFLOW_S3_ENDPOINT (or AWS_ENDPOINT_URL) points s3fs at a non-AWS server such as the
+    project's SeaweedFS. No region is passed: SeaweedFS rejects region-specific signing.
+    """
+    endpoint = os.environ.get("LAMFLOW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    opts: dict[str, Any] = {}
+    if endpoint:
+        opts["client_kwargs"] = {"endpoint_url": endpoint}
+    return opts
+
+
+def get_fs(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for `url`; s3:// picks up `s3_options()`."""
+    if url.startswith(("s3://", "s3a://")):
+        options = {**s3_options(), **options}
+    try:
+        return url_to_fs(url, **options)
+    except (ImportError, ValueError) as exc:
+        raise LamflowError(f"cannot open storage {url!r}: {exc}") from exc
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL components with '/', whatever the protocol (never os.path on URLs)."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def exists(url: str) -> bool:
+    fs, path = get_fs(url)
+    return bool(fs.exists(path))
+
+
+def read_bytes(url: str) -> bytes:
+    """Whole object at `url`; FileNotFoundError names the URL."""
+    fs, path = get_fs(url)
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no such file: {url}") from exc
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write so readers never see a partial object.
+
+    Local and memory file systems: write a temporary sibling, then rename over the target.
+    S3: a single PUT is already atomic (the object appears complete or not at all).
+    """
+    fs, path = get_fs(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if "s3" in _protocols(fs):
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+        return
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    fs.mv(tmp, path)
+
+
+def write_text_atomic(url: str, text: str) -> None:
+    write_bytes_atomic(url, text.encode("utf-8"))
+
+
+def list_images(url: str) -> list[tuple[str, str]]:
+    """Frames directly under `url`, sorted: [(stem, url), ...] for .jpg/.jpeg/.png/...
+
+    Raises FileNotFoundError if the folder does not exist.
+    """
+    fs, path = get_fs(url)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such image folder: {url}")
+    proto = _protocols(fs)[0]
+    out = []
+    for entry in sorted(fs.ls(path, detail=False)):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        stem, dot, suffix = name.rpartition(".")
+        if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES:
+            out.append((stem, _unstrip(proto, entry)))
+    return out
+
+
+def list_dir(url: str) -> list[str]:
+    """Names (not paths) directly under `url`; empty if it does not exist."""
+    fs, path = get_fs(url)
+    if not fs.exists(path):
+        return []
+    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False))
+
+
+def find_by_stem(url: str, stem: str, suffixes: tuple[str, ...] = (".png",)) -> str | None:
+    """URL of `stem` + one of `suffixes` under `url`, or None."""
+    for suffix in suffixes:
+        candidate = join(url, stem + suffix)
+        if exists(candidate):
+            return candidate
+    return None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def iter_lines(url: str) -> Iterator[str]:
+    if not exists(url):
+        return iter(())
+    return iter(read_text(url).splitlines())
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _unstrip(protocol: str, path: str) -> str:
+    """Turn a protocol-less path returned by `fs.ls` back into a URL."""
+    if protocol in ("file", "local"):
+        return path
+    return f"{protocol}://{path.lstrip('/')}" if protocol != "memory" else f"memory://{path}"

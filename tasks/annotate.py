@@ -1,0 +1,247 @@
+"""Stage `annotate`: label every frame of a folder (or a shard of it) with a trained model.
+
+Layout under `out`:
+    labels/STEM.png       class ids, same size as the frame
+    confidence/STEM.png   uint8, 255 = certain
+    records/STEM.json     one record per frame (written last, atomically: its presence means done)
+    manifest.jsonl        all records, one line each (rebuilt at the end of every run)
+A record holds the input's sha256 and the model version, so a re-run skips frames that are
+already labeled by this model from these bytes, and a frame is never written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from prefect import task
+from tqdm import tqdm
+
+from lam.errors import LamflowError
+from lam.imageio import decode_image, encode_jpeg, encode_png, overlay
+from lam.predictor import Annotator, Prediction
+from lamflow.params import AnnotateParams
+from lamflow.storage import (
+    exists,
+    join,
+    list_dir,
+    list_images,
+    read_bytes,
+    sha256_bytes,
+    write_bytes_atomic,
+)
+from tasks._frames import load_model
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class FrameRecord:
+    """What happened to one frame (one line of manifest.jsonl)."""
+
+    stem: str
+    status: str  # "labeled" | "quarantined"
+    sha256: str = ""
+    model_version: str = ""
+    width: int = 0
+    height: int = 0
+    mean_confidence: float | None = None
+    low_confidence_fraction: float | None = None
+    class_fractions: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class AnnotateSummary:
+    out: str
+    model_version: str
+    frames: int
+    labeled: int
+    skipped: int
+    quarantined: list[dict[str, str]]
+    seconds: float
+    frames_per_second: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _record_url(out: str, stem: str) -> str:
+    return join(out, "records", f"{stem}.json")
+
+
+def _is_done(out: str, stem: str, sha: str, version: str) -> bool:
+    url = _record_url(out, stem)
+    if not exists(url):
+        return False
+    try:
+        rec = json.loads(read_bytes(url))
+    except (json.JSONDecodeError, FileNotFoundError):
+        return False
+    return (
+        rec.get("sha256") == sha
+        and rec.get("model_version") == version
+        and (rec.get("status") == "quarantined" or exists(join(out, "labels", f"{stem}.png")))
+    )
+
+
+def _load(item: tuple[str, str]) -> tuple[str, bytes | None, str]:
+    stem, url = item
+    try:
+        return stem, read_bytes(url), ""
+    except (OSError, FileNotFoundError) as exc:
+        return stem, None, f"unreadable: {exc}"
+
+
+def _stats(pred: Prediction, names: list[str]) -> dict[str, Any]:
+    counts = np.bincount(pred.label.reshape(-1), minlength=len(names))[: len(names)]
+    total = max(1, int(counts.sum()))
+    return {
+        "mean_confidence": round(pred.mean_confidence, 4),
+        "low_confidence_fraction": round(float((pred.confidence < 128).mean()), 4),
+        "class_fractions": {n: round(int(c) / total, 5) for n, c in zip(names, counts)},
+    }
+
+
+def write_manifest(out: str) -> list[dict[str, Any]]:
+    """Rebuild `out/manifest.jsonl` from the per-frame records; returns the records."""
+    records = []
+    for name in list_dir(join(out, "records")):
+        if name.endswith(".json"):
+            records.append(json.loads(read_bytes(join(out, "records", name))))
+    records.sort(key=lambda r: r["stem"])
+    write_bytes_atomic(join(out, MANIFEST), "".join(json.dumps(r) + "\n" for r in records).encode())
+    return records
+
+
+def annotate(
+    model: str,
+    images: str,
+    out: str,
+    params: AnnotateParams | None = None,
+    stems: Iterable[str] | None = None,
+    progress: bool = True,
+) -> AnnotateSummary:
+    """Label the frames in `images` (all, or only `stems`) with the model at `model`.
+
+    A frame that cannot be read or decoded is quarantined (record with status and reason) and
+    the rest are labeled; the run fails only if nothing could be labeled at all.
+    """
+    params = params or AnnotateParams()
+    net, config = load_model(model)
+    names = list(config.class_list.names)
+    palette = config.class_list.palette()
+    frames = list_images(images)
+    if stems is not None:
+        wanted = set(stems)
+        frames = [(s, u) for s, u in frames if s in wanted]
+    if not frames:
+        raise LamflowError(f"no frames (.jpg/.png) to annotate in {images}")
+    annotator = Annotator(net, device=params.device, batch_size=params.batch_size)
+    started = time.perf_counter()
+    labeled = skipped = 0
+    quarantined: list[dict[str, str]] = []
+    bar = tqdm(total=len(frames), desc="annotate", unit="frame", disable=not progress)
+
+    def _write(
+        stem: str, sha: str, image: np.ndarray, pred: Prediction, seconds: float, idx: int
+    ) -> None:
+        write_bytes_atomic(join(out, "labels", f"{stem}.png"), encode_png(pred.label))
+        write_bytes_atomic(join(out, "confidence", f"{stem}.png"), encode_png(pred.confidence))
+        if idx < params.write_overlays:
+            write_bytes_atomic(
+                join(out, "overlays", f"{stem}.jpg"),
+                encode_jpeg(overlay(image, pred.label, palette)),
+            )
+        rec = FrameRecord(
+            stem=stem,
+            status="labeled",
+            sha256=sha,
+            model_version=config.version,
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            seconds=round(seconds, 4),
+            **_stats(pred, names),
+        )
+        write_bytes_atomic(_record_url(out, stem), json.dumps(asdict(rec)).encode())
+
+    def _quarantine(stem: str, sha: str, reason: str) -> None:
+        log.warning("quarantined %s: %s", stem, reason)
+        quarantined.append({"stem": stem, "reason": reason})
+        rec = FrameRecord(
+            stem=stem, status="quarantined", sha256=sha, model_version=config.version, reason=reason
+        )
+        write_bytes_atomic(_record_url(out, stem), json.dumps(asdict(rec)).encode())
+
+    with ThreadPoolExecutor(max_workers=2) as io_pool:
+        loaded = io_pool.map(_load, frames)  # prefetches reads while the model runs
+        pending_writes = []
+        batch: list[tuple[str, str, np.ndarray]] = []
+        idx = 0
+
+        def _flush() -> None:
+            nonlocal labeled, idx
+            if not batch:
+                return
+            t0 = time.perf_counter()
+            preds = annotator.predict([b[2] for b in batch])
+            per = (time.perf_counter() - t0) / len(batch)
+            for (stem, sha, image), pred in zip(batch, preds):
+                pending_writes.append(io_pool.submit(_write, stem, sha, image, pred, per, idx))
+                idx += 1
+                labeled += 1
+            bar.update(len(batch))
+            batch.clear()
+
+        for stem, data, error in loaded:
+            if data is None:
+                _quarantine(stem, "", error)
+                bar.update(1)
+                continue
+            sha = sha256_bytes(data)
+            if params.skip_existing and _is_done(out, stem, sha, config.version):
+                skipped += 1
+                bar.update(1)
+                continue
+            try:
+                image = decode_image(data, stem)
+            except LamflowError as exc:
+                _quarantine(stem, sha, str(exc))
+                bar.update(1)
+                continue
+            if batch and batch[0][2].shape != image.shape:
+                _flush()
+            batch.append((stem, sha, image))
+            if len(batch) >= params.batch_size:
+                _flush()
+        _flush()
+        for fut in pending_writes:
+            fut.result()
+    bar.close()
+    write_manifest(out)
+    seconds = time.perf_counter() - started
+    if labeled == 0 and skipped == 0:
+        raise LamflowError(
+            f"no frame in {images} could be labeled ({len(quarantined)} quarantined)"
+        )
+    return AnnotateSummary(
+        out=out,
+        model_version=config.version,
+        frames=len(frames),
+        labeled=labeled,
+        skipped=skipped,
+        quarantined=quarantined,
+        seconds=round(seconds, 3),
+        frames_per_second=round(labeled / seconds, 3) if seconds > 0 else 0.0,
+    )
+
+
+annotate_task = task(name="annotate", retries=2, retry_delay_seconds=5)(annotate)
