@@ -17,7 +17,7 @@ from typing import Any
 
 from lam.errors import LamflowError
 
-_COMMAND_MODULES = ("lamflow.commands.core",)
+_COMMAND_MODULES = ("lamflow.commands.core", "lamflow.commands.vocabulary")
 
 
 def _quiet_environment() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -74,6 +74,40 @@ class AnnotateParams(_Section):
     skip_existing: bool = True
 
 
+class VocabularyParams(_Section):
+    """Vocabulary discovery (tasks/vocabulary.py, lam/vocabulary/): propose, filter, group, map."""
+
+    backend: str = "imagenet-tagger"  # imagenet-tagger | clip | siglip | vlm
+    model_dir: str = ""  # local transformers directory for clip / siglip / vlm
+    views: Literal["full", "grid", "both"] = "both"
+    top_k: int = Field(default=5, ge=1)
+    min_prob: float = Field(default=0.02, ge=0, le=1)
+    candidates: list[str] = Field(default_factory=list)  # clip/siglip; empty = ImageNet names
+    template: str = "a photo of a {}."
+    prompt: str = ""  # vlm; empty = lam.vocabulary.vlm_tagger.DEFAULT_PROMPT
+    samples: int = Field(default=5, ge=1)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    temperature: float = Field(default=0.3, gt=0)
+    repetition_penalty: float = Field(default=1.5, gt=0)
+    combine: Literal["avg", "product", "min", "max"] = "avg"
+    threshold: Literal["percentile", "probability", "both", "none"] = "percentile"
+    percentile: float = Field(default=0.68, ge=0, le=1)
+    probability: float = Field(default=0.68, ge=0, le=1)
+    min_occurrences: int = Field(default=1, ge=1)
+    frame_weighting: bool = True
+    max_frames: int = Field(default=0, ge=0)  # 0 = all frames; else evenly spaced subset
+    cluster_distance: float = Field(default=0.3, gt=0, lt=2)
+    map_threshold: float = Field(default=0.5, ge=-1, le=1)
+    wordnet_dir: str = ""  # empty = $WNSEARCHDIR or /usr/share/wordnet if present
+    llm: Literal["", "transformers", "openai"] = ""
+    llm_model_dir: str = ""
+    llm_gguf_file: str = ""
+    llm_url: str = ""
+    llm_model: str = ""
+    llm_refine_mapping: bool = True
+    seed: int = 0
+
+
 class Params(_Section):
     """All of params.yaml. Sections of stages added later default to empty sections."""
 
@@ -81,6 +115,7 @@ class Params(_Section):
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
     annotate: AnnotateParams = Field(default_factory=AnnotateParams)
+    vocabulary: VocabularyParams = Field(default_factory=VocabularyParams)
 
 
 def _format_error(source: str, exc: ValidationError) -> str:
