@@ -53,7 +53,10 @@ class TextEmbedder:
             )
             self._cache.update(zip(missing, np.asarray(vectors, dtype=np.float32)))
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)
+            dim = getattr(self.model, "get_embedding_dimension", None) or (
+                self.model.get_sentence_embedding_dimension
+            )
+            return np.zeros((0, dim()), np.float32)
         return np.stack([self._cache[t] for t in texts])
 
 

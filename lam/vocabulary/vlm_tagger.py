@@ -45,10 +45,10 @@ def split_labels(text: str) -> list[tuple[str, int, int]]:
         raw = text[start:end]
         junk = _LEADING_JUNK.match(raw)
         offset = junk.end() if junk else 0
-        label = raw[offset:].strip().strip(".:!?\"'").lower()
-        label = re.sub(r"\s+", " ", label)
+        core = raw[offset:].rstrip().rstrip(".:!?\"'").rstrip()  # span ends at the last letter
+        label = re.sub(r"\s+", " ", core).lower()
         if _LABEL_OK.match(label):
-            out.append((label, start + offset, end))
+            out.append((label, start + offset, start + offset + len(core)))
         start = match.end() if match else len(text)
     return out
 
@@ -141,14 +141,20 @@ class VlmTagger:
 
     def parse(self, ids: list[int], probs: list[float]) -> dict[str, float]:
         """One answer's labels -> probability (token probabilities combined per label)."""
+        # Decode growing prefixes, not single tokens: sentencepiece drops a token's leading
+        # space when it is decoded alone, which would glue words together.
         special = set(self.tokenizer.all_special_ids)
         text, owner = "", []  # owner[c] = index of the token that produced character c
+        kept: list[int] = []
         for i, tok in enumerate(ids):
             if tok in special:
                 continue
-            piece = self.tokenizer.decode([tok], skip_special_tokens=True)
-            text += piece
-            owner += [i] * len(piece)
+            kept.append(tok)
+            decoded = self.tokenizer.decode(kept, skip_special_tokens=True)
+            if not decoded.startswith(text):  # a merge rewrote earlier text; re-own it
+                text, owner = "", []
+            owner += [i] * (len(decoded) - len(text))
+            text = decoded
         labels: dict[str, float] = {}
         for label, start, end in split_labels(text):
             tokens = sorted({owner[c] for c in range(start, end)})
