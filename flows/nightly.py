@@ -1,0 +1,223 @@
+"""Flows `nightly` and `bootstrap`: every new sensor drop labeled, checked and exported.
+
+`nightly`: find drops under ROOT/drops not finished by an earlier run, make sure a model exists
+for the current seeds (train if not), then per drop, under a lease: ingest -> annotate (one task
+run per shard on the Dask cluster) -> qc -> export, and publish a markdown artifact per drop.
+`bootstrap`: add a first drop from a folder, train from the seeds and label it.
+
+The flows only orchestrate: every step is the plain stage function from `tasks/` wrapped as a
+task, the same function `lamflow stage NAME` and `dvc.yaml` call.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner
+
+from lam.errors import LamflowError
+from lamflow.params import Params, load_params
+from lamflow.storage import join, list_dir, read_bytes, safe_name
+from tasks.export import export_task
+from tasks.ingest import INGEST_MANIFEST, add_drop, drop_url, ingest_task, list_drops
+from tasks.models import ensure_model_task
+from tasks.qc import qc_task
+from tasks.shards import annotate_shard_task, finish_annotate_task, plan_shards
+
+from .state import acquire_lease, done_drives, mark_done, release_lease, write_watermark
+
+log = logging.getLogger(__name__)
+
+
+def dask_runner(address: str = "", workers: int = 2) -> TaskRunner[Any]:
+    """prefect-dask runner: an existing scheduler at `address`, else a LocalCluster.
+
+    LocalCluster workers are processes with one thread each (torch releases the GIL, but one
+    model per process keeps memory predictable); torch gets cores / workers threads in each.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    os.environ.setdefault("LAMFLOW_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        },
+    )
+
+
+def labels_url(root: str, model_version: str, drive: str) -> str:
+    """ROOT/labels/MODEL_VERSION/DRIVE_ID (both components checked)."""
+    return join(root, "labels", safe_name(model_version, "model version"), safe_name(drive))
+
+
+def _thumbnails(out: str, limit: int) -> list[str]:
+    """Overlay JPEGs under `out/overlays` as small data-URI markdown images."""
+    from PIL import Image
+
+    images = []
+    for name in list_dir(join(out, "overlays"))[:limit]:
+        img = Image.open(io.BytesIO(read_bytes(join(out, "overlays", name)))).convert("RGB")
+        img.thumbnail((320, 320))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=70)
+        b64 = base64.b64encode(buf.getvalue()).decode()
+        images.append(f"![{name}](data:image/jpeg;base64,{b64})")
+    return images
+
+
+def drop_report(drive: str, qc: dict[str, Any], thumbs: list[str]) -> str:
+    """Markdown summary of one drop: counts, mean confidence, class histogram, QC result."""
+    hist = ", ".join(f"{k} {v:.1%}" for k, v in qc["class_histogram"].items() if v >= 0.005)
+    failed = [c["column"] for c in qc["checks"] if not c["success"]]
+    lines = [
+        f"### Drop `{drive}` — QC **{qc['status']}**",
+        "",
+        "| frames | labeled | quarantined | review | mean confidence | drift | QC |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+        f"| {qc['frames']} | {qc['labeled']} | {qc['quarantined']} | {qc['review']} | "
+        f"{qc['mean_confidence']:.3f} | {qc['drift']:.3f} | {qc['status']}"
+        f"{' (' + ', '.join(failed) + ')' if failed else ''} |",
+        "",
+        f"**Class histogram:** {hist}",
+        "",
+        f"Model `{qc['model_version']}`.",
+        "",
+        *thumbs,
+    ]
+    return "\n".join(lines)
+
+
+def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> dict[str, Any]:
+    """ingest -> sharded annotate -> qc -> export for one drop; returns its summary."""
+    logger = get_run_logger()
+    manifest = ingest_task(root, drive, params.ingest, progress=False)
+    images = join(drop_url(root, drive), "images")
+    out = labels_url(root, model["model_version"], drive)
+    shards = plan_shards([e["stem"] for e in manifest["entries"]], params.annotate.shard_size)
+    first = params.annotate.model_copy(update={"write_overlays": params.pipeline.overlays_per_drop})
+    rest = params.annotate.model_copy(update={"write_overlays": 0})
+    futures = [
+        annotate_shard_task.submit(model["model"], images, out, stems, first if i == 0 else rest)
+        for i, stems in enumerate(shards)
+    ]
+    shard_results = [f.result() for f in futures]
+    counts = finish_annotate_task(out)
+    if counts["quarantined"]:
+        logger.warning(
+            "drop %s: %d frame(s) quarantined: %s",
+            drive,
+            len(counts["quarantined"]),
+            "; ".join(f"{q['stem']}: {q['reason']}" for q in counts["quarantined"][:5]),
+        )
+    qc = qc_task(out, join(drop_url(root, drive), INGEST_MANIFEST), model["model"], "", params.qc)
+    dest = params.export.dest or join(root, "exports", model["model_version"], drive)
+    exported = export_task(out, model["model"], dest, params.export, progress=False)
+    create_markdown_artifact(
+        key=f"drop-{drive}".lower().replace("_", "-").replace(".", "-"),
+        markdown=drop_report(drive, qc, _thumbnails(out, params.pipeline.overlays_per_drop)),
+        description=f"lamflow drop {drive}",
+    )
+    return {
+        "drive": drive,
+        "labels": out,
+        "export": exported["dest"],
+        "frames": manifest["frames"],
+        "labeled": counts["labeled"],
+        "quarantined": len(counts["quarantined"]),
+        "qc": qc["status"],
+        "shards": len(shards),
+        "compute_seconds": round(sum(r["compute_seconds"] for r in shard_results), 3),
+    }
+
+
+def _run_drops(params: Params, drives: list[str], owner: str) -> dict[str, Any]:
+    logger = get_run_logger()
+    root = params.data.root
+    model = ensure_model_task(root, params, progress=False)
+    results: dict[str, Any] = {}
+    skipped = []
+    for drive in drives:
+        token = acquire_lease(root, drive, owner, params.pipeline.lease_seconds)
+        if token is None:
+            logger.info("drop %s is leased by another run: skipped", drive)
+            skipped.append(drive)
+            continue
+        try:
+            summary = label_drop(root, drive, model, params)
+            if summary["qc"] != "fail":
+                mark_done(root, drive, summary)
+            results[drive] = summary
+        finally:
+            release_lease(root, drive, token)
+    return {
+        "model": model["model"],
+        "model_version": model["model_version"],
+        "trained": model["trained"],
+        "drops": results,
+        "skipped": skipped,
+    }
+
+
+@flow(
+    name="nightly",
+    log_prints=True,
+    task_runner=dask_runner(os.environ.get("LAMFLOW_DASK_ADDRESS", "")),
+)
+def nightly(
+    params_file: str = "params.yaml",
+    overrides: list[str] | None = None,
+    drives: list[str] | None = None,
+) -> dict[str, Any]:
+    """Label every drop that arrived since the last successful run (or exactly `drives`)."""
+    params = load_params(params_file, overrides)  # validated before any work
+    root = params.data.root
+    pending = drives if drives else sorted(set(list_drops(root)) - done_drives(root))
+    for drive in pending:
+        safe_name(drive, "drive id")
+    logger = get_run_logger()
+    if not pending:
+        logger.info("no new drops under %s", root)
+        return {"drops": {}, "skipped": []}
+    logger.info("new drops: %s", ", ".join(pending))
+    owner = str(flow_run.id or os.getpid())
+    result = _run_drops(params, pending, owner)
+    failed = [d for d, s in result["drops"].items() if s["qc"] == "fail"]
+    write_watermark(root, sorted(result["drops"]), owner)
+    if failed:
+        raise LamflowError(
+            f"QC failed for drop(s) {', '.join(failed)}: see qc.json beside the labels"
+        )
+    return result
+
+
+@flow(
+    name="bootstrap",
+    log_prints=True,
+    task_runner=dask_runner(os.environ.get("LAMFLOW_DASK_ADDRESS", "")),
+)
+def bootstrap(
+    source: str,
+    drive: str,
+    params_file: str = "params.yaml",
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Add the frames of folder `source` as drop `drive`, train from the seeds, label it."""
+    params = load_params(params_file, overrides)
+    add_drop(source, params.data.root, drive, progress=False)
+    owner = str(flow_run.id or os.getpid())
+    result = _run_drops(params, [drive], owner)
+    write_watermark(params.data.root, sorted(result["drops"]), owner)
+    return result

@@ -1,0 +1,82 @@
+"""Run state under ROOT/state: per-drop done markers, the watermark, and leases with expiry.
+
+- `state/done/DRIVE.json`: the drop was labeled, checked and exported (written last).
+- `state/watermark.json`: time and summary of the last successful nightly run.
+- `state/leases/DRIVE.json`: who is labeling a drop now, until when.
+
+Leases work on any fsspec store, S3 included (no conditional writes needed): a claimant writes
+its token, waits `settle` seconds, and reads back; only the last writer sees its own token, so
+of two runs started at once exactly one proceeds. An expired lease (crashed run) is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from lamflow.storage import exists, get_fs, join, list_dir, read_bytes, safe_name, write_text_atomic
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def done_drives(root: str) -> set[str]:
+    """Drive ids already finished by an earlier run."""
+    return {n[:-5] for n in list_dir(join(root, "state", "done")) if n.endswith(".json")}
+
+
+def mark_done(root: str, drive: str, summary: dict[str, Any]) -> None:
+    url = join(root, "state", "done", f"{safe_name(drive, 'drive id')}.json")
+    write_text_atomic(url, json.dumps({"finished_at": _now(), **summary}, default=str))
+
+
+def read_watermark(root: str) -> dict[str, Any]:
+    url = join(root, "state", "watermark.json")
+    return dict(json.loads(read_bytes(url))) if exists(url) else {}
+
+
+def write_watermark(root: str, drives: list[str], run: str) -> None:
+    """Record a successful run: its time, id and the drops it finished."""
+    data = {"last_success": _now(), "run": run, "drives": drives}
+    write_text_atomic(join(root, "state", "watermark.json"), json.dumps(data))
+
+
+def _lease_url(root: str, name: str) -> str:
+    return join(root, "state", "leases", f"{safe_name(name, 'lease name')}.json")
+
+
+def _read_lease(url: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(read_bytes(url)))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def acquire_lease(root: str, name: str, owner: str, ttl: float, settle: float = 0.5) -> str | None:
+    """Claim lease `name` for `ttl` seconds; returns the lease token, or None if held by another.
+
+    `owner` is informational (a flow run id); the token distinguishes two claims by one owner.
+    """
+    url = _lease_url(root, name)
+    current = _read_lease(url)
+    if current and current.get("expires", 0) > time.time():
+        return None
+    token = uuid.uuid4().hex
+    claim = {"owner": owner, "token": token, "expires": time.time() + ttl, "since": _now()}
+    write_text_atomic(url, json.dumps(claim))
+    time.sleep(settle)
+    winner = _read_lease(url)
+    return token if winner and winner.get("token") == token else None
+
+
+def release_lease(root: str, name: str, token: str) -> None:
+    """Drop the lease if it is still ours (an expired-and-taken-over lease is left alone)."""
+    url = _lease_url(root, name)
+    current = _read_lease(url)
+    if current and current.get("token") == token:
+        fs, path = get_fs(url)
+        fs.rm(path)

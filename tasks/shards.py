@@ -1,0 +1,79 @@
+"""Distributed `annotate`: a drop cut into shards, each shard one retried Prefect task run.
+
+Each shard calls the same `tasks.annotate.annotate` as the CLI, on an explicit stem list, with
+`shard=True`. The model is cached per worker process (`tasks._frames.load_model`), so a Dask
+worker loads it once and reuses it for every shard it runs. Per-frame records make a retried or
+re-run shard skip what is done, so a frame is never labeled twice; a bad frame is quarantined
+inside its shard and never fails it. `finish_annotate` rebuilds manifest.jsonl once at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prefect import task
+
+from lam.errors import LamflowError
+from lamflow.params import AnnotateParams
+from tasks.annotate import annotate, write_manifest
+
+
+def plan_shards(stems: list[str], shard_size: int) -> list[list[str]]:
+    """Cut sorted `stems` into consecutive shards of at most `shard_size` frames."""
+    if shard_size < 1:
+        raise LamflowError(f"annotate.shard_size must be >= 1, got {shard_size}")
+    ordered = sorted(stems)
+    return [ordered[i : i + shard_size] for i in range(0, len(ordered), shard_size)]
+
+
+def _limit_torch_threads() -> None:
+    """Inside a Dask worker, give torch its share of the cores (workers x threads <= cores)."""
+    share = os.environ.get("LAMFLOW_TORCH_THREADS")
+    if share:
+        import torch
+
+        if torch.get_num_threads() != int(share):
+            torch.set_num_threads(int(share))
+
+
+def annotate_shard(
+    model: str, images: str, out: str, stems: list[str], params: AnnotateParams | None = None
+) -> dict[str, Any]:
+    """Label one shard (`stems` of the drop at `images`) into `out`.
+
+    Returns the annotate summary plus `"compute_seconds"` (wall time inside this call), which
+    the benchmark sums to measure orchestration overhead.
+    """
+    _limit_torch_threads()
+    started = time.perf_counter()
+    summary = annotate(model, images, out, params, stems=stems, progress=False, shard=True)
+    result = summary.as_dict()
+    result["compute_seconds"] = round(time.perf_counter() - started, 4)
+    result["pid"] = os.getpid()
+    return result
+
+
+def finish_annotate(out: str) -> dict[str, Any]:
+    """Rebuild `out/manifest.jsonl` from the per-frame records; count labeled / quarantined."""
+    records = write_manifest(out)
+    stems = [r["stem"] for r in records]
+    if len(stems) != len(set(stems)):
+        raise LamflowError(f"{out}: manifest lists a frame twice")
+    quarantined = [r for r in records if r["status"] == "quarantined"]
+    return {
+        "out": out,
+        "records": len(records),
+        "labeled": len(records) - len(quarantined),
+        "quarantined": [{"stem": r["stem"], "reason": r["reason"]} for r in quarantined],
+    }
+
+
+annotate_shard_task = task(
+    name="annotate-shard",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    task_run_name="annotate-shard-{stems[0]}",
+)(annotate_shard)
+finish_annotate_task = task(name="annotate-manifest", retries=2)(finish_annotate)
