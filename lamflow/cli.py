@@ -17,7 +17,11 @@ from typing import Any
 
 from lam.errors import LamflowError
 
-_COMMAND_MODULES = ("lamflow.commands.core", "lamflow.commands.vocabulary")
+_COMMAND_MODULES = (
+    "lamflow.commands.core",
+    "lamflow.commands.vocabulary",
+    "lamflow.commands.pipeline",
+)
 
 
 def _quiet_environment() -> None:

@@ -74,6 +74,44 @@ class AnnotateParams(_Section):
     skip_existing: bool = True
 
 
+class IngestParams(_Section):
+    """Registering a drop: which checks run on every frame before it is listed as usable."""
+
+    decode_check: bool = True  # decode every frame (catches truncated/corrupt files early)
+    io_threads: int = Field(default=4, ge=1, le=64)
+
+
+class QcParams(_Section):
+    """Quality thresholds (Great Expectations suite over per-frame statistics + drop checks)."""
+
+    min_mean_confidence: float = Field(default=0.5, ge=0, le=1)
+    max_low_confidence_fraction: float = Field(default=0.5, ge=0, le=1)
+    max_void_fraction: float = Field(default=0.05, ge=0, le=1)
+    max_drift: float = Field(default=0.35, ge=0, le=1)  # total variation vs the seeds' histogram
+
+
+class ExportParams(_Section):
+    """Publishing labels: `png` = class-id PNGs, `color` = palette PNGs for humans."""
+
+    format: Literal["png", "color"] = "png"
+    include_confidence: bool = False
+    dest: str = ""  # empty = ROOT/exports/MODEL_VERSION/DRIVE_ID
+
+
+class PipelineParams(_Section):
+    """The nightly flow: schedule, Dask cluster, lease and seed locations."""
+
+    schedule: str = "0 2 * * *"
+    timezone: str = "UTC"
+    dask_address: str = ""  # empty = a LocalCluster started by the flow
+    dask_workers: int = Field(default=2, ge=1, le=256)
+    lease_seconds: int = Field(default=3600, ge=10)
+    overlays_per_drop: int = Field(default=4, ge=0, le=32)
+    seed_images: str = ""  # empty = <camvid>/train/images
+    seed_labels: str = ""  # empty = <camvid>/train/labels
+    sample_drive: str = "0016E5"  # the drop `dvc repro` builds from CamVid val
+
+
 class VocabularyParams(_Section):
     """Vocabulary discovery (tasks/vocabulary.py, lam/vocabulary/): propose, filter, group, map."""
 
@@ -115,6 +153,10 @@ class Params(_Section):
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
     annotate: AnnotateParams = Field(default_factory=AnnotateParams)
+    ingest: IngestParams = Field(default_factory=IngestParams)
+    qc: QcParams = Field(default_factory=QcParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+    pipeline: PipelineParams = Field(default_factory=PipelineParams)
     vocabulary: VocabularyParams = Field(default_factory=VocabularyParams)
 
 

@@ -129,11 +129,15 @@ def annotate(
     params: AnnotateParams | None = None,
     stems: Iterable[str] | None = None,
     progress: bool = True,
+    shard: bool = False,
 ) -> AnnotateSummary:
     """Label the frames in `images` (all, or only `stems`) with the model at `model`.
 
     A frame that cannot be read or decoded is quarantined (record with status and reason) and
     the rest are labeled; the run fails only if nothing could be labeled at all.
+    With `shard=True` this call is one shard of a larger run (tasks/shards.py): it does not
+    rebuild manifest.jsonl (the caller does, once) and a shard whose frames are all quarantined
+    is not an error (the drop-level QC accounts for them).
     """
     params = params or AnnotateParams()
     net, config = load_model(model)
@@ -226,9 +230,10 @@ def annotate(
         for fut in pending_writes:
             fut.result()
     bar.close()
-    write_manifest(out)
+    if not shard:
+        write_manifest(out)
     seconds = time.perf_counter() - started
-    if labeled == 0 and skipped == 0:
+    if labeled == 0 and skipped == 0 and not shard:
         raise LamflowError(
             f"no frame in {images} could be labeled ({len(quarantined)} quarantined)"
         )
