@@ -1,0 +1,126 @@
+"""Benchmark seed selection: annotator mIoU when trained on selected vs random seed frames.
+
+Pool: CamVid train frames of drives 0006R0 and 0001TP (163 frames). Evaluation: CamVid val
+(drive 0016E5, never in the pool), every `--val-step`-th frame. For each budget B the annotator
+is trained once on the B frames `select_seeds` picks and once on each of `--draws` random draws
+of B frames from the same pool, all with the same reduced TrainSettings; the target is
+selected >= random mean + 1 std at every B.
+
+    .venv/bin/python bench/seeds.py --budgets 1 3 5 --draws 10 --iterations 100 --val-step 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
+from lam.classes import ClassList  # noqa: E402
+from lam.imageio import decode_image, decode_label  # noqa: E402
+from lam.metrics import ConfusionAccumulator  # noqa: E402
+from lam.predictor import Annotator  # noqa: E402
+from lam.seeds.embed import embed_frames  # noqa: E402
+from lam.seeds.select import select_seeds  # noqa: E402
+from lam.train import TrainSettings, train_head  # noqa: E402
+
+POOL_DRIVES = ("0006R0", "0001TP")
+
+
+def load_split(root: Path, split: str, drives: tuple[str, ...] | None, step: int = 1):
+    """[(stem, (H, W, 3) uint8, (H, W) uint8)] of a CamVid split, sorted by stem."""
+    stems = sorted(p.stem for p in (root / split / "images").glob("*.jpg"))
+    if drives:
+        stems = [s for s in stems if s.split("_")[0] in drives]
+    out = []
+    for stem in stems[::step]:
+        img = decode_image((root / split / "images" / f"{stem}.jpg").read_bytes(), stem)
+        lab = decode_label((root / split / "labels" / f"{stem}.png").read_bytes(), stem)
+        out.append((stem, img, lab))
+    return out
+
+
+def train_and_score(classes: dict, backbone, images, labels, val, settings: TrainSettings) -> float:
+    """Train a fresh head on (images, labels), return mIoU (%) on `val` [(stem, img, lab)]."""
+    class_list = ClassList.from_json(classes)
+    model = build_lam(LamConfig(classes=classes), backbone=backbone)
+    train_head(model, images, labels, class_list.ignore_index, settings)
+    acc = ConfusionAccumulator(class_list.num_classes, class_list.ignore_index)
+    preds = Annotator(model, device="cpu").predict([v[1] for v in val])
+    for pred, (_, _, lab) in zip(preds, val):
+        acc.update(pred.label, lab)
+    return 100.0 * acc.scores().miou
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--camvid", default=os.environ.get("LAMFLOW_CAMVID", "../shared/data/camvid"))
+    ap.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 5])
+    ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--val-step", type=int, default=3)
+    ap.add_argument("--method", default="typiclust")
+    ap.add_argument("--dedupe-threshold", type=float, default=0.97)
+    ap.add_argument("--out", default="outputs/bench/seeds.json")
+    args = ap.parse_args(argv)
+
+    root = Path(args.camvid)
+    classes = json.loads((root / "classes.json").read_text())
+    t0 = time.perf_counter()
+    pool = load_split(root, "train", POOL_DRIVES)
+    val = load_split(root, "val", None, args.val_step)
+    backbone = build_backbone("efficientnet_lite0").eval()
+    with tqdm(total=len(pool), desc="embed", unit="frame") as bar:
+        emb = embed_frames(backbone, [p[1] for p in pool], progress=bar.update)
+    settings = TrainSettings(iterations=args.iterations)
+    results: dict = {
+        "pool": f"CamVid train drives {'+'.join(POOL_DRIVES)} ({len(pool)} frames)",
+        "val": f"CamVid val every {args.val_step}th frame ({len(val)} frames)",
+        "train_iterations": args.iterations,
+        "method": args.method,
+        "dedupe_threshold": args.dedupe_threshold,
+        "budgets": {},
+    }
+    rng = np.random.default_rng(0)
+    for budget in args.budgets:
+        sel = select_seeds(emb, budget, method=args.method, dedupe_threshold=args.dedupe_threshold)
+        idx = [s.index for s in sel.seeds]
+        ims, labs = [pool[i][1] for i in idx], [pool[i][2] for i in idx]
+        selected = train_and_score(classes, backbone, ims, labs, val, settings)
+        randoms = []
+        for _ in tqdm(range(args.draws), desc=f"random B={budget}", leave=False):
+            draw = rng.choice(len(pool), size=budget, replace=False)
+            ims, labs = [pool[i][1] for i in draw], [pool[i][2] for i in draw]
+            randoms.append(train_and_score(classes, backbone, ims, labs, val, settings))
+        mean, std = float(np.mean(randoms)), float(np.std(randoms))
+        results["budgets"][str(budget)] = {
+            "selected_stems": [pool[i][0] for i in idx],
+            "kept_after_dedupe": len(sel.kept),
+            "selected_miou": round(selected, 2),
+            "random_mious": [round(r, 2) for r in randoms],
+            "random_mean": round(mean, 2),
+            "random_std": round(std, 2),
+            "meets_target": bool(selected >= mean + std),
+        }
+        print(
+            f"B={budget}: selected {selected:.2f} vs random {mean:.2f} ± {std:.2f} "
+            f"({'ok' if selected >= mean + std else 'below target'})",
+            flush=True,
+        )
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Label Studio tasks with brush masks (`brushlabels`, `"format": "rle"`), export and import.
+
+Label Studio's brush RLE is its own format (label-studio-converter `brush.py`, after thi.ng's
+rle-pack), not COCO RLE. The mask is an RGBA image flattened row-major, (H * W * 4) bytes, of
+which import reads the alpha channel. The byte stream is a bit string:
+
+    32 bits  number of values N
+     5 bits  word size - 1 (8 bits per value)
+    4 x 4 bits  run-length field sizes - 1 (3, 4, 8, 16)
+    then per run:  1 bit "repeat"; 2 bits choosing a field size; (size) bits run length - 1;
+                   then one 8-bit value (repeat) or that many 8-bit values (literal)
+    zero bits pad to whole bytes (always at least one bit, as the reference encoder does)
+
+We encode exactly as the reference encoder (repeats only: single values are a repeat flag 0
+with length field 0), so exports are byte-identical to label-studio-converter's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lam.classes import ClassList
+from lam.errors import LamflowError
+
+_RLE_SIZES = (3, 4, 8, 16)
+
+
+def _value_runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [flat.size]]))
+    return lengths, flat[starts]
+
+
+def encode_brush_rle(values: np.ndarray, word_size: int = 8) -> list[int]:
+    """Flat uint8 array (RGBA bytes of a mask) -> Label Studio brush RLE (list of byte ints)."""
+    flat = np.asarray(values, dtype=np.uint8).reshape(-1)
+    bits = [f"{flat.size:032b}", f"{word_size - 1:05b}"]
+    bits += [f"{s - 1:04b}" for s in _RLE_SIZES]
+    if flat.size:
+        for length, value in zip(*_value_runs(flat)):
+            length, v = int(length), f"{int(value):08b}"
+            if length == 1:
+                bits.append("0" + "00" + "000" + v)
+            elif length <= 8:
+                bits.append("1" + "00" + f"{length - 1:03b}" + v)
+            elif length <= 16:
+                bits.append("1" + "01" + f"{length - 1:04b}" + v)
+            elif length <= 256:
+                bits.append("1" + "10" + f"{length - 1:08b}" + v)
+            else:
+                while length > 2**16:
+                    bits.append("1" + "11" + f"{2**16 - 1:016b}" + v)
+                    length -= 2**16
+                bits.append("1" + "11" + f"{length - 1:016b}" + v)
+    text = "".join(bits)
+    text += "0" * (8 - len(text) % 8)
+    return np.packbits(np.frombuffer(text.encode("ascii"), np.uint8) - 48).tolist()
+
+
+class _Bits:
+    def __init__(self, data: Sequence[int]) -> None:
+        self.bits = np.unpackbits(np.asarray(data, dtype=np.uint8))
+        self.i = 0
+
+    def read(self, n: int) -> int:
+        if self.i + n > self.bits.size:
+            raise LamflowError("brush RLE ends early (truncated or not Label Studio RLE)")
+        out = 0
+        for b in self.bits[self.i : self.i + n]:
+            out = (out << 1) | int(b)
+        self.i += n
+        return out
+
+
+def decode_brush_rle(rle: Sequence[int]) -> np.ndarray:
+    """Label Studio brush RLE -> flat uint8 array of N values (N = H * W * 4 for a mask)."""
+    stream = _Bits(rle)
+    num = stream.read(32)
+    word = stream.read(5) + 1
+    sizes = [stream.read(4) + 1 for _ in range(4)]
+    out = np.zeros(num, dtype=np.uint8)
+    i = 0
+    while i < num:
+        repeat = stream.read(1)
+        j = min(num, i + 1 + stream.read(sizes[stream.read(2)]))
+        if repeat:
+            out[i:j] = stream.read(word)
+            i = j
+        else:
+            while i < j:
+                out[i] = stream.read(word)
+                i += 1
+    return out
+
+
+def mask_to_brush_rle(mask: np.ndarray) -> list[int]:
+    """(H, W) bool -> brush RLE of the RGBA image with 255 on all channels inside the mask."""
+    if mask.ndim != 2:
+        raise LamflowError(f"brush mask must be (H, W), got {mask.shape}")
+    return encode_brush_rle(np.repeat(mask.astype(np.uint8).reshape(-1) * 255, 4))
+
+
+def brush_rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray:
+    """Brush RLE -> (H, W) bool from the alpha channel (Label Studio paints RGBA)."""
+    flat = decode_brush_rle(rle)
+    if flat.size != height * width * 4:
+        raise LamflowError(
+            f"brush RLE holds {flat.size} values, expected H*W*4 = {height * width * 4}"
+        )
+    return flat.reshape(height, width, 4)[:, :, 3] > 0
+
+
+def labels_to_tasks(
+    frames: Sequence[tuple[str, str, np.ndarray | None]],
+    classes: ClassList,
+    from_name: str = "tag",
+    to_name: str = "image",
+    as_predictions: bool = True,
+) -> list[dict[str, Any]]:
+    """Frames -> Label Studio tasks, one brush result per class present.
+
+    Args:
+        frames: (stem, image URL as Label Studio should load it, (H, W) uint8 ids or None);
+            None exports the frame with no pre-annotation (a seed still to label).
+        as_predictions: put masks under "predictions" (editable pre-annotations) rather
+            than "annotations".
+    """
+    tasks = []
+    for stem, image_url, label in frames:
+        task: dict[str, Any] = {"data": {"image": image_url, "frame": stem}}
+        if label is not None:
+            h, w = label.shape
+            results = []
+            for cid in np.unique(label).tolist():
+                if cid == classes.ignore_index:
+                    continue
+                results.append(
+                    {
+                        "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stem}/{cid}").hex[:10],
+                        "type": "brushlabels",
+                        "from_name": from_name,
+                        "to_name": to_name,
+                        "original_width": w,
+                        "original_height": h,
+                        "image_rotation": 0,
+                        "value": {
+                            "format": "rle",
+                            "rle": mask_to_brush_rle(label == cid),
+                            "brushlabels": [classes.names[cid]],
+                        },
+                    }
+                )
+            key = "predictions" if as_predictions else "annotations"
+            task[key] = [{"model_version": "lamflow", "result": results}]
+        tasks.append(task)
+    return tasks
+
+
+def labeling_config(classes: ClassList, from_name: str = "tag", to_name: str = "image") -> str:
+    """Label Studio labeling config (XML) with one brush label per class, in class colours."""
+    labels = "\n".join(
+        f'    <Label value="{n}" background="#{r:02x}{g:02x}{b:02x}"/>'
+        for n, (r, g, b) in zip(classes.names, classes.colors)
+    )
+    return (
+        f'<View>\n  <Image name="{to_name}" value="$image" zoom="true"/>\n'
+        f'  <BrushLabels name="{from_name}" toName="{to_name}">\n{labels}\n'
+        f"  </BrushLabels>\n</View>\n"
+    )
+
+
+def tasks_to_labels(tasks: Sequence[dict[str, Any]], classes: ClassList) -> dict[str, np.ndarray]:
+    """Label Studio export (JSON list of tasks) -> {stem: (H, W) uint8 ids}.
+
+    Reads each task's latest non-cancelled annotation (falling back to its predictions),
+    paints brush results in order (later wins); pixels no brush covers are void. The stem is
+    `data.frame` if present, else the image file name without its extension.
+    """
+    out: dict[str, np.ndarray] = {}
+    for t, task in enumerate(tasks):
+        data = task.get("data", {})
+        stem = data.get("frame") or str(data.get("image", "")).rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if not stem:
+            raise LamflowError(f"task {t}: no data.frame or data.image to name the frame")
+        done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        source = done[-1:] or task.get("predictions", [])[-1:]
+        if not source:
+            continue
+        label = None
+        for r, res in enumerate(source[0].get("result", [])):
+            if res.get("type") != "brushlabels":
+                continue
+            where = f"task {t} ({stem}), result {r}"
+            value = res.get("value", {})
+            names = value.get("brushlabels") or []
+            if len(names) != 1 or names[0] not in classes.names:
+                raise LamflowError(
+                    f"{where}: brushlabels {names} must name one of {list(classes.names)}"
+                )
+            if value.get("format") != "rle":
+                raise LamflowError(
+                    f"{where}: only format 'rle' is read, got {value.get('format')!r}"
+                )
+            h, w = int(res["original_height"]), int(res["original_width"])
+            if label is None:
+                label = np.full((h, w), classes.ignore_index, dtype=np.uint8)
+            try:
+                mask = brush_rle_to_mask(value["rle"], h, w)
+            except LamflowError as exc:
+                raise LamflowError(f"{where}: {exc}") from exc
+            label[mask] = classes.names.index(names[0])
+        if label is not None:
+            out[stem] = label
+    return out

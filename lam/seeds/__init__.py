@@ -1,0 +1,1 @@
+"""Seed selection: frame embeddings (`embed`) and budgeted, explained selection (`select`)."""

@@ -1,0 +1,269 @@
+"""Choose a budget of seed frames from frame embeddings, and say why each was chosen.
+
+Methods (all deterministic for a given `seed`):
+
+* **Near-duplicate removal.** Frames are visited in order (sorted stems = capture order within
+  a drive); a frame whose cosine similarity to an already kept frame is >= `dedupe_threshold`
+  is dropped as a duplicate of it. Consecutive frames of a drive are nearly identical, and
+  labelling two of them wastes the budget.
+* **typiclust** (default; Hacohen et al., "Active learning on a budget", ICML 2022): k-means
+  with B clusters on the kept embeddings; in each cluster the most *typical* frame — highest
+  inverse mean distance to its k nearest neighbours inside the cluster — is chosen. Clusters
+  are ranked by size, largest first, so seed 1 represents the most common kind of scene. At
+  tiny budgets typical frames beat outliers: a head trained on one frame should learn the
+  common case.
+* **kcenter** (Sener & Savarese, "Core-set", ICLR 2018): start from the most typical frame of
+  the whole pool, then repeatedly add the frame farthest from every chosen one; minimises the
+  largest distance from any frame to its nearest seed (covers the pool's extremes).
+* **Coverage pass.** Given which classes each frame shows (from a tagger or a previous
+  annotator run), frames are added greedily — most still-missing classes first, typicality
+  breaking ties — until every required class seen anywhere in the pool appears in some seed.
+  These frames are added on top of the budget (reason "coverage").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lam.errors import LamflowError
+
+METHODS = ("typiclust", "kcenter")
+
+
+@dataclass
+class SeedChoice:
+    """One chosen frame. `index` indexes the embeddings given to `select_seeds`."""
+
+    index: int
+    rank: int  # 1 = annotate first
+    reason: str  # "typical" (typiclust) | "kcenter" | "coverage"
+    cluster: int | None = None  # typiclust cluster id
+    cluster_size: int = 0  # frames (after de-duplication) in that cluster
+    typicality: float = 0.0  # 1 / mean distance to k nearest neighbours (higher = more typical)
+    distance: float = 0.0  # kcenter: distance to the nearest earlier seed when chosen
+    classes: list[str] = field(default_factory=list)  # classes this frame shows
+    adds: list[str] = field(default_factory=list)  # classes no higher-ranked seed shows
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Selection:
+    seeds: list[SeedChoice]
+    kept: list[int]  # indices left after de-duplication, in input order
+    duplicate_of: dict[int, int]  # dropped index -> the kept index it duplicates
+    uncovered: list[str]  # required classes seen in the pool that no seed shows (empty = ok)
+
+
+def _check_embeddings(emb: np.ndarray) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise LamflowError(f"embeddings must be a non-empty (N, D) array, got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise LamflowError("embeddings contain NaN or inf")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.maximum(norms, 1e-12)
+
+
+def drop_near_duplicates(emb: np.ndarray, threshold: float) -> tuple[list[int], dict[int, int]]:
+    """(N, D) embeddings -> (kept indices, {dropped: kept it duplicates}).
+
+    A frame is dropped when its cosine similarity to any earlier kept frame is >= threshold;
+    threshold > 1 keeps everything.
+    """
+    unit = _check_embeddings(emb)
+    kept: list[int] = [0]
+    dup: dict[int, int] = {}
+    for i in range(1, len(unit)):
+        sims = unit[kept] @ unit[i]
+        j = int(np.argmax(sims))
+        if sims[j] >= threshold:
+            dup[i] = kept[j]
+        else:
+            kept.append(i)
+    return kept, dup
+
+
+def _pairwise_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def typicality(emb: np.ndarray, k: int = 20) -> np.ndarray:
+    """(N, D) -> (N,) 1 / mean Euclidean distance to the k nearest other points (TypiClust)."""
+    n = len(emb)
+    if n == 1:
+        return np.ones(1)
+    d = _pairwise_dist(emb, emb)
+    np.fill_diagonal(d, np.inf)
+    k = max(1, min(k, n - 1))
+    nearest = np.sort(d, axis=1)[:, :k]
+    return 1.0 / (nearest.mean(axis=1) + 1e-8)
+
+
+def kmeans(
+    emb: np.ndarray, k: int, seed: int = 0, restarts: int = 5, iterations: int = 100
+) -> np.ndarray:
+    """(N, D) -> (N,) cluster ids in [0, k): k-means++ init, best of `restarts` by inertia."""
+    n = len(emb)
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    best, best_inertia = np.zeros(n, dtype=np.int64), np.inf
+    for _ in range(restarts):
+        centres = [emb[rng.integers(n)]]
+        for _ in range(1, k):
+            d2 = _pairwise_dist(emb, np.stack(centres)).min(axis=1) ** 2
+            probs = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
+            centres.append(emb[rng.choice(n, p=probs)])
+        c = np.stack(centres)
+        assign = np.zeros(n, dtype=np.int64)
+        for it in range(iterations):
+            new = np.argmin(_pairwise_dist(emb, c), axis=1)
+            if it > 0 and np.array_equal(new, assign):
+                break
+            assign = new
+            for j in range(k):
+                members = emb[assign == j]
+                if len(members):
+                    c[j] = members.mean(axis=0)
+        inertia = float((_pairwise_dist(emb, c)[np.arange(n), assign] ** 2).sum())
+        if inertia < best_inertia - 1e-12:
+            best, best_inertia = assign.copy(), inertia
+    return best
+
+
+def _typiclust(emb: np.ndarray, budget: int, k: int, seed: int) -> list[SeedChoice]:
+    labels = kmeans(emb, budget, seed=seed)
+    clusters = sorted(set(labels.tolist()), key=lambda c: (-int((labels == c).sum()), c))
+    out = []
+    for cid in clusters[:budget]:
+        members = np.flatnonzero(labels == cid)
+        typ = typicality(emb[members], k)
+        best = int(np.argmax(typ))
+        out.append(
+            SeedChoice(
+                index=int(members[best]),
+                rank=0,
+                reason="typical",
+                cluster=int(cid),
+                cluster_size=len(members),
+                typicality=round(float(typ[best]), 4),
+            )
+        )
+    return out
+
+
+def _kcenter(emb: np.ndarray, budget: int, k: int) -> list[SeedChoice]:
+    typ = typicality(emb, k)
+    first = int(np.argmax(typ))
+    out = [
+        SeedChoice(index=first, rank=0, reason="kcenter", typicality=round(float(typ[first]), 4))
+    ]
+    nearest = _pairwise_dist(emb, emb[[first]])[:, 0]
+    for _ in range(1, min(budget, len(emb))):
+        nxt = int(np.argmax(nearest))
+        out.append(
+            SeedChoice(
+                index=nxt,
+                rank=0,
+                reason="kcenter",
+                typicality=round(float(typ[nxt]), 4),
+                distance=round(float(nearest[nxt]), 4),
+            )
+        )
+        nearest = np.minimum(nearest, _pairwise_dist(emb, emb[[nxt]])[:, 0])
+    return out
+
+
+def select_seeds(
+    embeddings: np.ndarray,
+    budget: int,
+    method: str = "typiclust",
+    dedupe_threshold: float = 0.97,
+    presence: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    required: Sequence[str] | None = None,
+    k_neighbors: int = 20,
+    seed: int = 0,
+) -> Selection:
+    """Pick `budget` seed frames (plus coverage frames) from (N, D) frame embeddings.
+
+    Args:
+        embeddings: (N, D) float, one row per frame in capture order.
+        budget: B >= 1 frames chosen by `method` (fewer if fewer distinct frames exist).
+        method: "typiclust" or "kcenter" (see module docstring).
+        dedupe_threshold: cosine similarity at or above which a frame is a duplicate.
+        presence: optional (N, C) bool, frame i shows class c; enables the coverage pass.
+        class_names: C names of presence's columns (required with `presence`).
+        required: class names that must be covered; None = every column of `presence`.
+        k_neighbors: neighbours used for typicality.
+        seed: k-means seed.
+    Returns:
+        a Selection whose seeds are ranked (rank 1 first), each with its reason.
+    """
+    if method not in METHODS:
+        raise LamflowError(f"unknown seed selection method {method!r}; known: {', '.join(METHODS)}")
+    if int(budget) < 1:
+        raise LamflowError(f"seed budget must be >= 1, got {budget}")
+    unit = _check_embeddings(embeddings)
+    n = len(unit)
+    names: list[str] = []
+    if presence is not None:
+        presence = np.asarray(presence, dtype=bool)
+        if class_names is None or presence.shape != (n, len(class_names)):
+            raise LamflowError(
+                f"presence must be (N={n}, C={len(class_names or [])}) with class_names, "
+                f"got {presence.shape}"
+            )
+        names = list(class_names)
+    kept, dup = drop_near_duplicates(unit, dedupe_threshold)
+    sub = unit[kept]
+    if method == "typiclust":
+        seeds = _typiclust(sub, int(budget), k_neighbors, seed)
+    else:
+        seeds = _kcenter(sub, int(budget), k_neighbors)
+    for s in seeds:
+        s.index = kept[s.index]
+    uncovered: list[str] = []
+    if presence is not None:
+        req = list(names) if required is None else [c for c in required if c in names]
+        missing_names = sorted(set(required or []) - set(names))
+        if missing_names:
+            raise LamflowError(f"required classes {missing_names} are not among {names}")
+        cols = np.array([names.index(c) for c in req], dtype=np.int64)
+        typ_all = typicality(unit, k_neighbors)
+        covered = presence[[s.index for s in seeds]][:, cols].any(axis=0)
+        seen = presence[:, cols].any(axis=0)
+        chosen = {s.index for s in seeds}
+        while True:
+            need = seen & ~covered
+            if not need.any():
+                break
+            gain = presence[:, cols][:, need].sum(axis=1).astype(np.float64)
+            gain[list(chosen)] = -1
+            # Most missing classes first; among equals the most typical frame.
+            score = gain * 1e6 + typ_all / (typ_all.max() + 1e-12)
+            best = int(np.argmax(score))
+            if gain[best] <= 0:
+                break
+            seeds.append(
+                SeedChoice(
+                    index=best, rank=0, reason="coverage", typicality=round(float(typ_all[best]), 4)
+                )
+            )
+            chosen.add(best)
+            covered |= presence[best, cols]
+        uncovered = [req[i] for i in np.flatnonzero(seen & ~covered)]
+        shown: set[str] = set()
+        for s in seeds:
+            s.classes = [names[c] for c in np.flatnonzero(presence[s.index])]
+            s.adds = [c for c in s.classes if c not in shown and c in req]
+            shown.update(s.classes)
+    for r, s in enumerate(seeds, start=1):
+        s.rank = r
+    return Selection(seeds=seeds, kept=kept, duplicate_of=dup, uncovered=uncovered)
