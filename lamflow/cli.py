@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "lamflow.commands.core",
     "lamflow.commands.vocabulary",
     "lamflow.commands.pipeline",
+    "lamflow.commands.seeds",
 )
 
 

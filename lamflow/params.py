@@ -146,6 +146,33 @@ class VocabularyParams(_Section):
     seed: int = 0
 
 
+class SelectSeedsParams(_Section):
+    """Seed selection (tasks/select_seeds.py, lam/seeds/): embed, de-duplicate, pick, cover."""
+
+    budget: int = Field(default=5, ge=1)
+    method: Literal["typiclust", "kcenter"] = "typiclust"
+    dedupe_threshold: float = Field(default=0.97, gt=0, le=1.01)  # cosine; > 1 keeps all
+    k_neighbors: int = Field(default=20, ge=1)
+    backbone: str = "efficientnet_lite0"
+    short_side: int = Field(default=224, ge=0)  # frames resized to this short side to embed
+    coverage: bool = True  # add frames until every vocabulary class seen in the drop is seeded
+    cache: str = ""  # embedding cache folder URL; empty = <dir of out>/embeddings
+    seed: int = 0
+
+
+class SeedMasksParams(_Section):
+    """Seed masks from visual prompts (tasks/seed_masks.py, lam/prompts/)."""
+
+    segmenter: Literal["sam", "region_grow"] = "region_grow"
+    sam_checkpoint: str = ""  # local SAM .pth; required by segmenter "sam"
+    sam_model_type: str = "vit_b"
+    device: str = "cpu"
+    backbone: str = "efficientnet_lite0"  # region_grow features ("" = colour only)
+    threshold: float = Field(default=0.8, ge=-1, le=1)  # region_grow cosine threshold
+    stride: int = Field(default=4, ge=1, le=32)
+    skip_existing: bool = True
+
+
 class Params(_Section):
     """All of params.yaml. Sections of stages added later default to empty sections."""
 
@@ -158,6 +185,8 @@ class Params(_Section):
     export: ExportParams = Field(default_factory=ExportParams)
     pipeline: PipelineParams = Field(default_factory=PipelineParams)
     vocabulary: VocabularyParams = Field(default_factory=VocabularyParams)
+    select_seeds: SelectSeedsParams = Field(default_factory=SelectSeedsParams)
+    seed_masks: SeedMasksParams = Field(default_factory=SeedMasksParams)
 
 
 def _format_error(source: str, exc: ValidationError) -> str:
