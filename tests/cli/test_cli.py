@@ -1,0 +1,355 @@
+"""`lamflow train | annotate | evaluate`: happy path, leakage, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lamflow.cli import main
+
+FAST = ["--set", "train.iterations=5", "--set", "train.scales=[1.0]"]
+
+
+def _train(folder: Path, out: Path, seeds=("drive1_0000",), extra=()) -> int:
+    return main(
+        [
+            "train",
+            "--images",
+            str(folder / "images"),
+            "--labels",
+            str(folder / "labels"),
+            "--classes",
+            str(folder / "classes.json"),
+            "--seeds",
+            *seeds,
+            "--out",
+            str(out),
+            *FAST,
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture()
+def model_dir(scene_folder: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "model"
+    assert _train(scene_folder, out) == 0
+    return out
+
+
+def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: Path, capsys):
+    assert (model_dir / "config.json").exists() and (model_dir / "head.safetensors").exists()
+    report = json.loads((model_dir / "train_report.json").read_text())
+    assert (
+        report["seeds"][0]["stem"] == "drive1_0000"
+        and len(report["seeds"][0]["image_sha256"]) == 64
+    )
+    out = tmp_path / "ann"
+    assert (
+        main(
+            [
+                "annotate",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(scene_folder / "images"),
+                "--out",
+                str(out),
+                "--overlays",
+                "2",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["labeled"] == 6 and summary["quarantined"] == []
+    for stem in [f"drive1_{i:04d}" for i in range(6)]:
+        lab = np.asarray(Image.open(out / "labels" / f"{stem}.png"))
+        conf = np.asarray(Image.open(out / "confidence" / f"{stem}.png"))
+        assert lab.shape == conf.shape == (64, 96) and lab.dtype == np.uint8
+        assert lab.max() <= 2
+    assert len(list((out / "overlays").glob("*.jpg"))) == 2
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert len(lines) == 6 and rec["stem"] == "drive1_0000" and rec["width"] == 96
+    assert 0 < rec["mean_confidence"] <= 1 and rec["seconds"] >= 0
+    assert abs(sum(rec["class_fractions"].values()) - 1) < 1e-3
+
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(out),
+                "--labels",
+                str(scene_folder / "labels"),
+                "--classes",
+                str(scene_folder / "classes.json"),
+                "--exclude",
+                "drive1_0000",
+            ]
+        )
+        == 0
+    )
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["n_images"] == 5 and 0 <= scores["miou"] <= 100
+    assert set(scores["per_class"]) == {"sky", "road", "car"}
+
+    # a re-run skips every finished frame and writes nothing twice
+    assert (
+        main(
+            [
+                "annotate",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(scene_folder / "images"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["skipped"] == 6 and again["labeled"] == 0
+
+
+def test_annotate_never_reads_labels(scene_folder: Path, model_dir: Path, tmp_path: Path):
+    """Leakage test: predictions are byte-identical with and without the label folder."""
+    with_labels = tmp_path / "a"
+    assert (
+        main(
+            [
+                "annotate",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(scene_folder / "images"),
+                "--out",
+                str(with_labels),
+            ]
+        )
+        == 0
+    )
+    shutil.rmtree(scene_folder / "labels")
+    without = tmp_path / "b"
+    assert (
+        main(
+            [
+                "annotate",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(scene_folder / "images"),
+                "--out",
+                str(without),
+            ]
+        )
+        == 0
+    )
+    for png in (with_labels / "labels").glob("*.png"):
+        assert png.read_bytes() == (without / "labels" / png.name).read_bytes()
+        assert (with_labels / "confidence" / png.name).read_bytes() == (
+            without / "confidence" / png.name
+        ).read_bytes()
+
+
+def test_corrupt_frames_are_quarantined_and_the_rest_labeled(
+    scene_folder: Path, model_dir: Path, tmp_path: Path, capsys
+):
+    images = scene_folder / "images"
+    good = (images / "drive1_0001.png").read_bytes()
+    (images / "drive1_9990.png").write_bytes(good[: len(good) // 3])  # truncated
+    (images / "drive1_9991.jpg").write_bytes(b"")  # empty
+    (images / "drive1_9992.png").write_bytes(b"not an image at all")
+    out = tmp_path / "ann"
+    assert (
+        main(["annotate", "--model", str(model_dir), "--images", str(images), "--out", str(out)])
+        == 0
+    )
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["labeled"] == 6
+    assert sorted(q["stem"] for q in summary["quarantined"]) == [
+        "drive1_9990",
+        "drive1_9991",
+        "drive1_9992",
+    ]
+    assert "3 frame(s) quarantined" in captured.err
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in records if r["stem"].startswith("drive1_999")} == {"quarantined"}
+    assert all(r["reason"] for r in records if r["status"] == "quarantined")
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+def test_train_errors_are_one_line(scene_folder: Path, tmp_path: Path, capsys):
+    out = tmp_path / "m"
+    assert _train(scene_folder, out, seeds=("nope",)) == 2
+    assert "seed 'nope' not found" in _error(capsys)
+
+    bad = tmp_path / "bad"
+    shutil.copytree(scene_folder, bad)
+    lab = np.asarray(Image.open(bad / "labels" / "drive1_0000.png")).copy()
+    lab[0, 0] = 9
+    Image.fromarray(lab).save(bad / "labels" / "drive1_0000.png")
+    assert _train(bad, out) == 2
+    assert "class ids [9] outside 0..2" in _error(capsys)
+
+    Image.fromarray(lab[:10]).save(bad / "labels" / "drive1_0000.png")
+    assert _train(bad, out) == 2
+    assert "differs from frame size" in _error(capsys)
+
+    (bad / "labels" / "drive1_0000.png").unlink()
+    assert _train(bad, out) == 2
+    assert "has no label drive1_0000.png" in _error(capsys)
+
+    assert _train(tmp_path / "missing", out) == 2
+    assert "classes file not found" in _error(capsys)
+    (bad / "images").rename(bad / "moved")
+    assert _train(bad, out) == 2
+    assert "no such image folder" in _error(capsys)
+
+    (bad / "classes.json").write_text("{not json")
+    assert _train(bad, out, seeds=("drive1_0001",)) == 2
+    assert "is not JSON" in _error(capsys)
+
+    assert _train(scene_folder, out, extra=["--set", "train.iterationz=3"]) == 2
+    assert "train.iterationz: unknown key" in _error(capsys)
+
+
+def test_annotate_and_evaluate_errors(scene_folder: Path, model_dir: Path, tmp_path: Path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (
+        main(
+            [
+                "annotate",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(empty),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "no frames" in _error(capsys)
+    assert (
+        main(
+            ["annotate", "--model", str(tmp_path / "nomodel"), "--images", str(empty), "--out", "x"]
+        )
+        == 2
+    )
+    assert "no model at" in _error(capsys)
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(empty),
+                "--labels",
+                str(scene_folder / "labels"),
+                "--classes",
+                str(scene_folder / "classes.json"),
+            ]
+        )
+        == 2
+    )
+    assert "no predicted label PNGs" in _error(capsys)
+
+
+def test_console_script_exits_nonzero_without_traceback(tmp_path: Path):
+    exe = Path(sys.executable).parent / "lamflow"
+    proc = subprocess.run(
+        [
+            str(exe),
+            "evaluate",
+            "--pred",
+            str(tmp_path),
+            "--labels",
+            str(tmp_path),
+            "--classes",
+            str(tmp_path / "none.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lamflow: error: classes file not found: {tmp_path / 'none.json'}"
+    ]
+
+
+@pytest.mark.slow
+def test_end_to_end_on_camvid(camvid: Path, tmp_path: Path, capsys):
+    """One seed from drive 0006R0 labels frames of drive 0016E5 far better than chance."""
+    frames = tmp_path / "val"
+    (frames / "images").mkdir(parents=True)
+    for f in sorted((camvid / "val" / "images").glob("*.jpg"))[:4]:
+        shutil.copy(f, frames / "images" / f.name)
+    model = tmp_path / "model"
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(camvid / "train/images"),
+                "--labels",
+                str(camvid / "train/labels"),
+                "--classes",
+                str(camvid / "classes.json"),
+                "--seeds",
+                "0006R0_f02640",
+                "--out",
+                str(model),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "annotate",
+                "--model",
+                str(model),
+                "--images",
+                str(frames / "images"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "out"),
+                "--labels",
+                str(camvid / "val/labels"),
+                "--classes",
+                str(camvid / "classes.json"),
+            ]
+        )
+        == 0
+    )
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["n_images"] == 4
+    assert scores["miou"] > 15  # chance on 11 classes is ~5; a real model is far above
+    assert scores["per_class"]["road"]["iou"] > 60

@@ -1,0 +1,97 @@
+"""Every registered backbone builds and returns taps of the declared channels and strides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lam.build import BACKBONES, build_backbone
+from lam.errors import LamflowError
+
+
+def _tiny_timm_checkpoint(tmp_path: Path) -> dict:
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    path = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    return {"model_name": "resnet18", "checkpoint": str(path), "out_indices": [1, 2, 3]}
+
+
+def _tiny_transformers_dir(tmp_path: Path, kind: str) -> dict:
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    small = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    if kind == "vit":
+        model = ViTModel(ViTConfig(image_size=32, patch_size=8, **small), add_pooling_layer=False)
+    else:
+        model = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, **small))
+    path = tmp_path / kind
+    model.save_pretrained(path)
+    return {"path": str(path), "layers": [1, 3]}
+
+
+def _options(name: str, tmp_path: Path) -> dict:
+    if name == "timm":
+        return _tiny_timm_checkpoint(tmp_path)
+    if name == "transformers":
+        return _tiny_transformers_dir(tmp_path, "vit")
+    return {}
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_registered_backbone_taps_match_declared_shapes(name: str, tmp_path: Path):
+    backbone = build_backbone(name, _options(name, tmp_path)).eval()
+    images = torch.randint(0, 256, (2, 3, 72, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        taps = backbone(images)
+    assert len(taps) == len(backbone.channels) == len(backbone.strides)
+    for tap, c, s in zip(taps, backbone.channels, backbone.strides):
+        assert tap.shape[:2] == (2, c)
+        assert tap.shape[2] == -(-72 // s) and tap.shape[3] == -(-96 // s)
+        assert torch.isfinite(tap).all()
+
+
+def test_dinov2_directory_with_padding(tmp_path: Path):
+    backbone = build_backbone("transformers", _tiny_transformers_dir(tmp_path, "dinov2"))
+    with torch.no_grad():
+        taps = backbone(torch.randint(0, 256, (1, 3, 50, 70), dtype=torch.uint8))
+    assert [t.shape for t in taps] == [torch.Size([1, 32, 7, 9])] * 2
+
+
+# ImageNet classes a street scene plausibly shows (cab, streetcar, traffic light, ...).
+STREET_CLASSES = {407, 436, 468, 511, 569, 575, 581, 627, 654, 656, 661, 671, 675, 705, 717,
+                  734, 751, 757, 779, 817, 829, 864, 867, 874, 880, 919, 920}
+
+
+def test_efficientnet_lite0_weights_recognise_a_street(camvid: Path):
+    """The packaged weights are really ImageNet's: CamVid frames look like street scenes."""
+    import numpy as np
+    from PIL import Image
+    from torch.nn import functional as F
+
+    from lam.weights import load_efficientnet_lite
+
+    model = load_efficientnet_lite("lite0")
+    frames = sorted((camvid / "val" / "images").glob("*.jpg"))[:4]
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frames]))
+    x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(224, 224), mode="bilinear")
+    with torch.no_grad():
+        top5 = model((x - 127.0) / 128.0).topk(5, dim=1).indices
+    hits = [bool(set(row.tolist()) & STREET_CLASSES) for row in top5]
+    assert sum(hits) >= 3, top5.tolist()
+
+
+def test_bad_backbone_options_name_the_problem(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        build_backbone("nope")
+    with pytest.raises(LamflowError, match="model_name"):
+        build_backbone("timm", {})
+    with pytest.raises(LamflowError, match="path"):
+        build_backbone("transformers", {})
+    with pytest.raises(LamflowError, match="cannot load"):
+        build_backbone("transformers", {"path": str(tmp_path / "missing")})
+    with pytest.raises(LamflowError, match="bad backbone_options"):
+        build_backbone("efficientnet_lite0", {"no_such_option": 1})

@@ -1,0 +1,64 @@
+"""Class lists and byte-level image decoding."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lam.classes import ClassList
+from lam.errors import LamflowError
+from lam.imageio import decode_image, decode_label, encode_png, overlay, resize_label
+
+
+def test_class_list_round_trip(tiny_classes):
+    cl = ClassList.from_json(tiny_classes)
+    assert cl.names == ("sky", "road", "car") and cl.num_classes == 3
+    assert ClassList.from_json(cl.to_json()) == cl
+    assert tuple(cl.palette()[2]) == (64, 0, 128)
+
+
+def test_class_list_rejects_gaps_duplicates_and_colliding_ignore():
+    with pytest.raises(LamflowError, match="without gaps"):
+        ClassList.from_json({"classes": [{"id": 0, "name": "a"}, {"id": 2, "name": "b"}]})
+    with pytest.raises(LamflowError, match="not unique"):
+        ClassList.from_json([{"name": "a"}, {"name": "a"}])
+    with pytest.raises(LamflowError, match="collides"):
+        ClassList.from_json({"ignore_index": 0, "classes": [{"name": "a"}]})
+
+
+def test_check_label_names_bad_ids(tiny_classes):
+    cl = ClassList.from_json(tiny_classes)
+    cl.check_label(np.array([[0, 2, 255]], np.uint8))
+    with pytest.raises(LamflowError, match=r"\[7\]"):
+        cl.check_label(np.array([[0, 7]], np.uint8), where="x.png")
+
+
+def test_png_round_trip_keeps_ids():
+    lab = np.arange(60, dtype=np.uint8).reshape(6, 10)
+    np.testing.assert_array_equal(decode_label(encode_png(lab)), lab)
+
+
+def test_truncated_and_empty_images_fail_with_name():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    assert decode_image(data).shape == (40, 40, 3)
+    with pytest.raises(LamflowError, match="f1: cannot decode"):
+        decode_image(data[: len(data) // 2], "f1")
+    with pytest.raises(LamflowError, match="empty"):
+        decode_image(b"", "f2")
+
+
+def test_rgb_label_is_refused():
+    with pytest.raises(LamflowError, match="single-channel"):
+        decode_label(encode_png(np.zeros((4, 4, 3), np.uint8)), "lab.png")
+
+
+def test_overlay_and_resize_label():
+    img = np.zeros((4, 4, 3), np.uint8)
+    lab = np.ones((4, 4), np.uint8)
+    pal = np.zeros((256, 3), np.uint8)
+    pal[1] = (200, 100, 0)
+    assert tuple(overlay(img, lab, pal, alpha=0.5)[0, 0]) == (100, 50, 0)
+    assert set(np.unique(resize_label(np.array([[0, 3], [3, 0]], np.uint8), (5, 7)))) == {0, 3}
