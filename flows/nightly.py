@@ -15,6 +15,8 @@ import base64
 import io
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -56,6 +58,39 @@ def dask_runner(address: str = "", workers: int = 2) -> TaskRunner[Any]:
             "dashboard_address": None,
         },
     )
+
+
+@contextmanager
+def shared_prefect_api() -> Iterator[str]:
+    """One Prefect API for the flow and its Dask worker processes.
+
+    Workers are separate processes: without PREFECT_API_URL in their environment each would
+    start its own temporary server and its task runs would not show in the UI. This uses the
+    configured API if there is one, else starts one temporary server and exports its URL.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL", "")
+    server = None
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+        server = SubprocessASGIServer()
+        server.start(timeout=timeout)
+        url = server.api_url
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        if server is not None:
+            server.stop()
 
 
 def labels_url(root: str, model_version: str, drive: str) -> str:

@@ -68,6 +68,19 @@ _STAGES: dict[str, StageSpec] = {
     "export": StageSpec(
         "tasks.export:export", "publish labels in the chosen format", {"params": "export"}
     ),
+    "vocabulary": StageSpec(
+        "tasks.vocabulary:vocabulary",
+        "discover a drop's label vocabulary",
+        {"params": "vocabulary"},
+    ),
+    "select_seeds": StageSpec(
+        "tasks.select_seeds:select_seeds",
+        "choose the seed frames of a drop",
+        {"params": "select_seeds"},
+    ),
+    "seed_masks": StageSpec(
+        "tasks.seed_masks:seed_masks", "segment the prompted seed frames", {"params": "seed_masks"}
+    ),
     "evaluate": StageSpec(
         "tasks.evaluate:evaluate",
         "score labels against ground truth (mIoU)",
@@ -255,6 +268,14 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_env() -> None:
+    """Without PREFECT_API_URL, Prefect starts a temporary local server; on a busy machine its
+    default 20 s start-up limit is too short. Must run before prefect is imported."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
 def _flow_with_runner(flow_obj: Any, address: str | None, params: Params) -> Any:
     from flows.nightly import dask_runner
 
@@ -263,26 +284,33 @@ def _flow_with_runner(flow_obj: Any, address: str | None, params: Params) -> Any
 
 
 def _nightly(args: argparse.Namespace) -> int:
-    from flows.nightly import nightly
+    _prefect_env()
+    from flows.nightly import nightly, shared_prefect_api
 
     params = load_params(args.params, args.set)
     run = _flow_with_runner(nightly, args.dask_address, params)
-    result = run(params_file=args.params, overrides=args.set, drives=args.drive)
+    with shared_prefect_api():
+        result = run(params_file=args.params, overrides=args.set, drives=args.drive)
     print(json.dumps(result, indent=1, default=str))
     return 0
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from flows.nightly import bootstrap
+    _prefect_env()
+    from flows.nightly import bootstrap, shared_prefect_api
 
     params = load_params(args.params, args.set)
     run = _flow_with_runner(bootstrap, args.dask_address, params)
-    result = run(source=args.source, drive=args.drive, params_file=args.params, overrides=args.set)
+    with shared_prefect_api():
+        result = run(
+            source=args.source, drive=args.drive, params_file=args.params, overrides=args.set
+        )
     print(json.dumps(result, indent=1, default=str))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _prefect_env()
     from flows.nightly import nightly
 
     params = load_params(args.params, args.set)
