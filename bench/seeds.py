@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-step", type=int, default=3)
     ap.add_argument("--method", default="typiclust")
     ap.add_argument("--dedupe-threshold", type=float, default=0.97)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on busy hosts)")
     ap.add_argument("--out", default="outputs/bench/seeds.json")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     root = Path(args.camvid)
     classes = json.loads((root / "classes.json").read_text())

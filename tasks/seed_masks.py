@@ -62,7 +62,9 @@ def validate_prompts(images: str, prompts: str, classes: ClassList) -> list[str]
     Raises LamflowError naming the first bad file's frame, region, class and field.
     """
     frames = dict(list_images(images))
-    stems = [n[: -len(".json")] for n in list_dir(prompts) if n.endswith(".json")]
+    stems = [
+        n[: -len(".json")] for n in list_dir(prompts) if n.endswith(".json") and n != "classes.json"
+    ]
     if not stems:
         raise LamflowError(f"no prompt files (STEM.json) in {prompts}")
     for stem in stems:

@@ -32,26 +32,26 @@ _GT_DIR = "gtFine/default"
 _LABEL_IDS = "_gtFine_labelIds.png"
 
 
-def mask_to_polygons(mask: np.ndarray) -> list[np.ndarray]:
-    """(H, W) bool -> outer boundary polygons, each (K, 2) int32 XY of boundary pixels."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-    return [c[:, 0, :].astype(np.int32) for c in contours]
-
-
 def _regions(label: np.ndarray, classes: ClassList) -> list[tuple[int, int, np.ndarray]]:
-    """[(area, class id, polygon)] of every connected region, largest first."""
+    """[(filled area, class id, polygon (K, 2) int32 XY)] per 4-connected region, largest first.
+
+    Sorting by the area the polygon *fills* (not the region's own pixel count) guarantees that
+    a region enclosing another is painted before it, so holes come back exactly on import.
+    """
     out = []
     for cid in np.unique(label).tolist():
         if cid == classes.ignore_index:
             continue
-        n, comp = cv2.connectedComponents((label == cid).astype(np.uint8), connectivity=8)
+        n, comp = cv2.connectedComponents((label == cid).astype(np.uint8), connectivity=4)
         for k in range(1, n):
-            region = comp == k
-            contours, hierarchy = cv2.findContours(
-                region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            contours, _ = cv2.findContours(
+                (comp == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
             )
             for c in contours:
-                out.append((int(region.sum()), cid, c[:, 0, :].astype(np.int32)))
+                filled = np.zeros(label.shape, dtype=np.uint8)
+                cv2.fillPoly(filled, [c], 1)
+                cv2.polylines(filled, [c], True, 1, 1)
+                out.append((int(filled.sum()), cid, c[:, 0, :].astype(np.int32)))
     out.sort(key=lambda t: -t[0])
     return out
 

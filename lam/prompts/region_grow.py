@@ -58,7 +58,7 @@ class RegionGrowSegmenter(PromptSegmenter):
         parts = [F.adaptive_avg_pool2d(lab_t - lab_t.mean(dim=(2, 3), keepdim=True), (h, w))]
         parts[0] = F.normalize(parts[0], dim=1) * self.colour_weight
         if self.backbone is not None:
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+            x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
             taps = self.backbone(x)
             for t in taps:
                 up = F.interpolate(t.float(), size=(h, w), mode="bilinear", align_corners=False)

@@ -54,7 +54,7 @@ def embed_frames(
             raise LamflowError(
                 f"frame {i}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}"
             )
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
         taps = backbone(_resize_short_side(x, short_side))
         pooled = [F.normalize(t.float().mean(dim=(2, 3)), dim=1) for t in taps]
         rows.append(F.normalize(torch.cat(pooled, dim=1), dim=1)[0].cpu().numpy())

@@ -1,0 +1,118 @@
+"""Seed selection on synthetic embeddings: coverage, de-duplication, coverage pass, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lam.errors import LamflowError
+from lam.seeds.select import drop_near_duplicates, kmeans, select_seeds, typicality
+
+
+def _blobs(sizes=(30, 20, 10), dim=8, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Well separated Gaussian blobs: (N, dim) embeddings and (N,) blob ids."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[: len(sizes)] * 10
+    emb = np.concatenate([c + rng.normal(0, 0.3, (n, dim)) for c, n in zip(centres, sizes)])
+    ids = np.concatenate([np.full(n, i) for i, n in enumerate(sizes)])
+    return emb, ids
+
+
+@pytest.mark.parametrize("method", ["typiclust", "kcenter"])
+def test_budget_covers_every_blob(method: str) -> None:
+    emb, ids = _blobs()
+    sel = select_seeds(emb, 3, method=method, dedupe_threshold=1.01)
+    assert sorted(ids[[s.index for s in sel.seeds]].tolist()) == [0, 1, 2]
+    assert [s.rank for s in sel.seeds] == [1, 2, 3]
+
+
+def test_typiclust_ranks_largest_cluster_first_and_picks_typical_frames() -> None:
+    emb, ids = _blobs()
+    sel = select_seeds(emb, 3, dedupe_threshold=1.01)
+    assert [s.cluster_size for s in sel.seeds] == [30, 20, 10]
+    first = sel.seeds[0]
+    members = np.flatnonzero(ids == 0)
+    assert first.index in members and first.reason == "typical"
+    # The chosen frame is the most typical of its blob.
+    typ = typicality(emb[members] / np.linalg.norm(emb[members], axis=1, keepdims=True), 20)
+    assert members[int(np.argmax(typ))] == first.index
+
+
+def test_kcenter_minimises_the_covering_radius() -> None:
+    emb, _ = _blobs(sizes=(40, 3), dim=4)
+    sel = select_seeds(emb, 2, method="kcenter", dedupe_threshold=1.01)
+    # The second seed is the farthest region: the small, distant blob.
+    assert sel.seeds[1].index >= 40 and sel.seeds[1].distance > 1.0
+
+
+def test_near_duplicates_are_dropped_and_never_chosen() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(5, 16))
+    # Each distinct frame followed by 3 almost identical copies (consecutive video frames).
+    emb = np.repeat(base, 4, axis=0) + rng.normal(0, 1e-3, (20, 16))
+    kept, dup = drop_near_duplicates(emb, 0.99)
+    assert kept == [0, 4, 8, 12, 16]
+    assert dup[1] == 0 and dup[7] == 4 and len(dup) == 15
+    sel = select_seeds(emb, 5, method="kcenter", dedupe_threshold=0.99)
+    assert sorted(s.index for s in sel.seeds) == kept
+
+
+def test_coverage_pass_adds_a_frame_with_the_missing_class() -> None:
+    emb, _ = _blobs()
+    presence = np.zeros((60, 3), dtype=bool)
+    presence[:, 0] = True  # road everywhere
+    presence[:30, 1] = True  # sky in the big blob
+    presence[57, 2] = True  # a rare bicycle in one frame only
+    sel = select_seeds(
+        emb, 2, presence=presence, class_names=["road", "sky", "bicycle"], dedupe_threshold=1.01
+    )
+    added = [s for s in sel.seeds if s.reason == "coverage"]
+    assert [(s.index, s.adds) for s in added if "bicycle" in s.adds] == [(57, ["bicycle"])]
+    assert sel.seeds[0].adds[0] == "road" and sel.seeds[2].rank == 3
+    shown = {c for s in sel.seeds for c in s.classes}
+    assert shown == {"road", "sky", "bicycle"} and sel.uncovered == []
+
+
+def test_coverage_only_for_required_classes() -> None:
+    emb, _ = _blobs()
+    presence = np.zeros((60, 2), dtype=bool)
+    presence[57, 1] = True
+    sel = select_seeds(
+        emb, 1, presence=presence, class_names=["road", "bicycle"], required=["road"]
+    )
+    assert len(sel.seeds) == 1
+
+
+def test_selection_is_deterministic() -> None:
+    emb, _ = _blobs(seed=3)
+    a = select_seeds(emb, 4, seed=7)
+    b = select_seeds(emb.copy(), 4, seed=7)
+    assert [s.as_dict() for s in a.seeds] == [s.as_dict() for s in b.seeds]
+    assert kmeans(emb, 3, seed=1).tolist() == kmeans(emb, 3, seed=1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budget": 0}, "budget must be >= 1, got 0"),
+        ({"method": "random"}, "unknown seed selection method 'random'"),
+        ({"presence": np.zeros((3, 2), bool), "class_names": ["a", "b"]}, "presence must be"),
+        (
+            {"presence": np.zeros((60, 1), bool), "class_names": ["a"], "required": ["zebra"]},
+            "required classes ['zebra']",
+        ),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs: dict, message: str) -> None:
+    emb, _ = _blobs()
+    args = {"budget": 2, **kwargs}
+    with pytest.raises(LamflowError, match=None) as err:
+        select_seeds(emb, **args)
+    assert message in str(err.value)
+
+
+def test_nan_embeddings_are_refused() -> None:
+    emb = np.ones((3, 4))
+    emb[1, 2] = np.nan
+    with pytest.raises(LamflowError, match="NaN"):
+        select_seeds(emb, 1)

@@ -1,0 +1,246 @@
+"""End to end on a few synthetic frames through the CLI: select-seeds -> prompts -> seed-masks
+-> review export/import (Label Studio, CVAT, Cityscapes) -> export-coco; plus stage details."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from lamflow.cli import main
+
+
+def _prompts_from_truth(label: np.ndarray) -> dict:
+    """A simulated human: two clicks on sky and road, a box on the car."""
+    regions = []
+    for cid, name in enumerate(["sky", "road"]):
+        ys, xs = np.nonzero(label == cid)
+        pick = [len(ys) // 3, 2 * len(ys) // 3]
+        regions.append({"class": name, "positive": [[int(xs[i]), int(ys[i])] for i in pick]})
+    ys, xs = np.nonzero(label == 2)
+    regions.append(
+        {
+            "class": "car",
+            "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+        }
+    )
+    return {"version": 1, "regions": regions}
+
+
+@pytest.fixture()
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "select_seeds": {"budget": 2, "short_side": 0},
+                "seed_masks": {"backbone": "", "segmenter": "region_grow"},
+            }
+        )
+    )
+    return path
+
+
+def test_cli_end_to_end(
+    scene_folder: Path, params_file: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    d = scene_folder
+    common = ["--params", str(params_file)]
+    seeds = tmp_path / "out" / "seeds.yaml"
+    assert (
+        main(
+            [
+                "select-seeds",
+                "--images",
+                str(d / "images"),
+                "--out",
+                str(seeds),
+                "--labels",
+                str(d / "labels"),
+                "--classes",
+                str(d / "classes.json"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    doc = yaml.safe_load(seeds.read_text())
+    stems = [s["stem"] for s in doc["seeds"]]
+    assert len(stems) >= 2 and doc["seeds"][0]["rank"] == 1
+    assert doc["coverage"]["uncovered"] == [] and "adds_classes" in doc["seeds"][0]
+    assert len(list((tmp_path / "out" / "embeddings").glob("*.npy"))) == 6
+
+    # Re-running reads every embedding from the cache: no backbone is built.
+    import tasks.select_seeds as stage
+
+    monkeypatch.setattr(stage, "build_backbone", lambda *a, **k: pytest.fail("cache missed"))
+    again = stage.select_seeds_task.fn(
+        str(d / "images"),
+        str(seeds),
+        stage.SelectSeedsParams(budget=2, short_side=0),
+        progress=False,
+        labels=str(d / "labels"),
+        classes=str(d / "classes.json"),
+    )
+    assert [s["stem"] for s in again["seeds"]] == stems
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "classes.json").write_text((d / "classes.json").read_text())
+    for stem in stems:
+        label = np.asarray(Image.open(d / "labels" / f"{stem}.png"))
+        (prompts / f"{stem}.json").write_text(json.dumps(_prompts_from_truth(label)))
+    masks = tmp_path / "seed_labels"
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "seed-masks",
+                "--images",
+                str(d / "images"),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(masks),
+                *common,
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(summary["written"]) == sorted(stems)
+    for stem in stems:
+        pred = np.asarray(Image.open(masks / f"{stem}.png"))
+        truth = np.asarray(Image.open(d / "labels" / f"{stem}.png"))
+        labelled = pred != 255
+        assert labelled.mean() > 0.8 and (pred[labelled] == truth[labelled]).mean() > 0.9
+    # Unchanged inputs: skipped on re-run.
+    assert (
+        main(
+            [
+                "seed-masks",
+                "--images",
+                str(d / "images"),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(masks),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert sorted(json.loads(capsys.readouterr().out)["skipped"]) == sorted(stems)
+
+    cls = ["--classes", str(d / "classes.json")]
+    for fmt, name in [
+        ("labelstudio", "tasks.json"),
+        ("cityscapes", "labels.zip"),
+        ("cvat", "t.xml"),
+    ]:
+        exported = tmp_path / "review" / name
+        assert (
+            main(
+                [
+                    "review",
+                    "export",
+                    "--images",
+                    str(d / "images"),
+                    "--out",
+                    str(exported),
+                    "--format",
+                    fmt,
+                    "--seeds",
+                    str(seeds),
+                    "--labels",
+                    str(masks),
+                    *cls,
+                ]
+            )
+            == 0
+        )
+        back = tmp_path / f"back_{fmt}"
+        assert main(["review", "import", "--src", str(exported), "--out", str(back), *cls]) == 0
+        for stem in stems:
+            ours = np.asarray(Image.open(masks / f"{stem}.png"))
+            theirs = np.asarray(Image.open(back / f"{stem}.png"))
+            if fmt == "cvat":  # polygons fill void holes inside a region
+                assert (theirs[ours != 255] == ours[ours != 255]).all()
+            else:
+                assert (theirs == ours).all(), (fmt, stem)
+    assert (tmp_path / "review" / "labeling_config.xml").exists()
+
+    coco = tmp_path / "coco.json"
+    assert main(["export-coco", "--labels", str(masks), "--out", str(coco), *cls]) == 0
+    data = json.loads(coco.read_text())
+    assert len(data["images"]) == len(stems) and data["annotations"]
+
+
+def test_malformed_prompt_file_is_one_clear_error(
+    scene_folder: Path, params_file: Path, capsys
+) -> None:
+    d = scene_folder
+    prompts = d / "prompts"
+    prompts.mkdir()
+    (prompts / "drive1_0002.json").write_text(
+        json.dumps({"regions": [{"class": "car", "box": [50, 10, 20, 30]}]})
+    )
+    code = main(
+        [
+            "seed-masks",
+            "--images",
+            str(d / "images"),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(d / "m"),
+            "--classes",
+            str(d / "classes.json"),
+            "--params",
+            str(params_file),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "frame 'drive1_0002', regions[0] (class 'car'): box: need x0 < x1" in err
+    assert not (d / "m").exists()
+
+
+def test_review_export_needs_frames(scene_folder: Path, capsys) -> None:
+    d = scene_folder
+    code = main(
+        [
+            "review",
+            "export",
+            "--images",
+            str(d / "images"),
+            "--out",
+            str(d / "x.xml"),
+            "--classes",
+            str(d / "classes.json"),
+        ]
+    )
+    assert code == 2 and "nothing to export" in capsys.readouterr().err
+
+
+def test_qc_flagged_frames_are_exported(scene_folder: Path) -> None:
+    from tasks.review import review_export
+
+    d = scene_folder
+    (d / "review.json").write_text(json.dumps([{"stem": "drive1_0004", "reasons": ["void"]}]))
+    out = review_export(
+        str(d / "images"),
+        str(d / "t.json"),
+        str(d / "classes.json"),
+        "labelstudio",
+        flagged=str(d / "review.json"),
+        stems=["drive1_0001"],
+        progress=False,
+    )
+    assert out["frames"] == ["drive1_0001", "drive1_0004"]
+    tasks = json.loads((d / "t.json").read_text())
+    assert [t["data"]["frame"] for t in tasks] == ["drive1_0001", "drive1_0004"]
