@@ -16,6 +16,10 @@ import numpy as np
 from lam.vocabulary.grouping import Synset
 
 UNMAPPED = "unmapped"
+# A hypernym d levels up counts with similarity x 0.85**d: 'bicycle-built-for-two' should
+# reach 'bicyclist' through its parent 'bicycle' (0.79 * 0.85) before 'car' through its
+# grandparent 'vehicle' (0.87 * 0.85**2).
+HYPERNYM_DISCOUNT = 0.85
 
 
 @dataclass
@@ -46,8 +50,9 @@ def map_synsets(
         target_synonyms: optional extra names per target class ('car': ['automobile']),
             compared like the class name itself.
         hypernym_depth: how many of a synset's nearest hypernyms ('cab' -> 'car', 'cinema'
-            -> 'theater', 'building') are compared too; why: a fine ImageNet label is often
-            far from a coarse target name while its WordNet parent is the target itself.
+            -> 'theater', 'building') are compared too, discounted by HYPERNYM_DISCOUNT per
+            level; why: a fine ImageNet label is often far from a coarse target name while
+            its WordNet parent is the target itself.
     Returns:
         one MappingRow per synset, same order.
     """
@@ -61,8 +66,11 @@ def map_synsets(
     target_vecs = embed(names)  # (T', D)
     rows = []
     for s in synsets:
-        texts = list(dict.fromkeys([*s.members, *s.hypernyms[:hypernym_depth]]))
-        sims = embed(texts) @ target_vecs.T  # (M, T')
+        hypers = [h for h in s.hypernyms[:hypernym_depth] if h not in s.members]
+        weights = np.array(
+            [1.0] * len(s.members) + [HYPERNYM_DISCOUNT ** (d + 1) for d in range(len(hypers))]
+        )
+        sims = (embed([*s.members, *hypers]) @ target_vecs.T) * weights[:, None]  # (M, T')
         best = np.unravel_index(int(np.argmax(sims)), sims.shape)
         sim = float(sims[best])
         target = owners[best[1]] if sim >= threshold else UNMAPPED

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,36 @@ def street_image() -> np.ndarray:
     img[20:] = (70, 70, 75)
     img += rng.normal(0, 5, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """A one-answer OpenAI-compatible chat endpoint; records the requests it got."""
+
+    requests: list[dict] = []
+    content = '{"groups": [{"name": "car", "members": ["car", "automobile"]}]}'
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        auth = self.headers.get("Authorization")
+        type(self).requests.append({"path": self.path, "body": body, "auth": auth})
+        message = {"role": "assistant", "content": type(self).content}
+        payload = json.dumps({"choices": [{"message": message}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def chat_server():
+    """Base URL ('http://127.0.0.1:PORT/v1') of a ChatHandler server in a thread."""
+    server = HTTPServer(("127.0.0.1", 0), ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from lam.errors import LamflowError
 from lamflow.cli import main
 from lamflow.params import VocabularyParams
 from tasks.vocabulary import artifact_markdown, vocabulary, vocabulary_task
+
+from .conftest import ChatHandler
 
 FAST = VocabularyParams(views="full", top_k=3, threshold="none")
 
@@ -54,6 +57,20 @@ def test_manual_mapping_rows_survive_a_rerun(drop, camvid, tmp_path):
     out.write_text(yaml.safe_dump(data))
     doc = vocabulary(str(drop), str(out), FAST, str(camvid / "classes.json"), progress=False)
     assert doc["mapping"][0]["target"] == "fence" and doc["mapping"][0]["source"] == "manual"
+
+
+def test_stage_with_llm_endpoint_falls_back_on_unusable_answers(
+    drop, camvid, tmp_path, chat_server, caplog
+):
+    ChatHandler.requests = []
+    params = FAST.model_copy(update={"llm": "openai", "llm_url": chat_server})
+    with caplog.at_level(logging.WARNING):
+        doc = vocabulary(str(drop), str(tmp_path / "v.yaml"), params, str(camvid / "classes.json"))
+    # The canned answer groups labels the tagger never proposed: grouping and mapping fall back.
+    assert doc["provenance"]["grouping"] == "embedding"
+    assert doc["provenance"]["llm"].startswith("openai:http://127.0.0.1")
+    assert len(ChatHandler.requests) == 2 and caplog.text.count("malformed") == 2
+    assert all(m["source"] == "embedding" for m in doc["mapping"])
 
 
 def test_stage_errors_name_the_problem(tmp_path):

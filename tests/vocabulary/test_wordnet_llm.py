@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -21,6 +19,8 @@ from lam.vocabulary.hierarchy import (
 from lam.vocabulary.llm_parse import extract_json, parse_groups, parse_mapping
 from lam.vocabulary.taxonomy import UNMAPPED, MappingRow
 from lam.vocabulary.wordnet import WordNetNouns, find_wordnet_dir
+
+from .conftest import ChatHandler
 
 
 def _write_data_noun(folder) -> None:
@@ -157,42 +157,13 @@ def test_malformed_llm_output_falls_back_with_warning(caplog):
     assert rows[1].source == "manual"  # a human's row is never sent or changed
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
-    requests: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(
-            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-        )
-        content = '{"groups": [{"name": "car", "members": ["car", "automobile"]}]}'
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload.encode())
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture()
-def chat_server():
-    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
 def test_openai_compatible_backend_against_local_server(chat_server, monkeypatch):
     monkeypatch.setenv("TEST_LLM_KEY", "secret")
-    _ChatHandler.requests = []
+    ChatHandler.requests = []
     llm = LLMS.get("openai")(chat_server, model="tiny", api_key_env="TEST_LLM_KEY")
     synsets = group_with_llm(_ranked(), llm)
     assert [s.name for s in synsets] == ["car", "oak"]
-    request = _ChatHandler.requests[0]
+    request = ChatHandler.requests[0]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer secret"
     assert request["body"]["model"] == "tiny" and request["body"]["temperature"] == 0
 
