@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,8 +37,11 @@ from lam.train import TrainSettings, train_head  # noqa: E402
 POOL_DRIVES = ("0006R0", "0001TP")
 
 
-def load_split(root: Path, split: str, drives: tuple[str, ...] | None, step: int = 1):
-    """[(stem, (H, W, 3) uint8, (H, W) uint8)] of a CamVid split, sorted by stem."""
+def load_split(
+    root: Path, split: str, drives: tuple[str, ...] | None, step: int = 1, scale: float = 1.0
+):
+    """[(stem, (H, W, 3) uint8, (H, W) uint8)] of a CamVid split, sorted by stem, resized by
+    `scale` (bilinear for frames, nearest for labels)."""
     stems = sorted(p.stem for p in (root / split / "images").glob("*.jpg"))
     if drives:
         stems = [s for s in stems if s.split("_")[0] in drives]
@@ -45,6 +49,10 @@ def load_split(root: Path, split: str, drives: tuple[str, ...] | None, step: int
     for stem in stems[::step]:
         img = decode_image((root / split / "images" / f"{stem}.jpg").read_bytes(), stem)
         lab = decode_label((root / split / "labels" / f"{stem}.png").read_bytes(), stem)
+        if scale != 1.0:
+            size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+            lab = np.asarray(Image.fromarray(lab).resize(size, Image.NEAREST))
         out.append((stem, img, lab))
     return out
 
@@ -66,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camvid", default=os.environ.get("LAMFLOW_CAMVID", "../shared/data/camvid"))
     ap.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--draws", type=int, default=10)
-    ap.add_argument("--iterations", type=int, default=100)
-    ap.add_argument("--val-step", type=int, default=3)
-    ap.add_argument("--method", default="typiclust")
+    ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--val-step", type=int, default=5)
+    ap.add_argument("--methods", nargs="+", default=["typiclust", "kcenter"])
+    ap.add_argument("--scale", type=float, default=0.5, help="resize frames (speed)")
+    ap.add_argument("--train-scales", type=float, nargs="+", default=[1.0])
     ap.add_argument("--dedupe-threshold", type=float, default=0.97)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on busy hosts)")
     ap.add_argument("--out", default="outputs/bench/seeds.json")
@@ -78,46 +88,50 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.camvid)
     classes = json.loads((root / "classes.json").read_text())
     t0 = time.perf_counter()
-    pool = load_split(root, "train", POOL_DRIVES)
-    val = load_split(root, "val", None, args.val_step)
+    pool = load_split(root, "train", POOL_DRIVES, scale=args.scale)
+    val = load_split(root, "val", None, args.val_step, scale=args.scale)
     backbone = build_backbone("efficientnet_lite0").eval()
     with tqdm(total=len(pool), desc="embed", unit="frame") as bar:
         emb = embed_frames(backbone, [p[1] for p in pool], progress=bar.update)
-    settings = TrainSettings(iterations=args.iterations)
+    settings = TrainSettings(iterations=args.iterations, scales=tuple(args.train_scales))
     results: dict = {
         "pool": f"CamVid train drives {'+'.join(POOL_DRIVES)} ({len(pool)} frames)",
         "val": f"CamVid val every {args.val_step}th frame ({len(val)} frames)",
-        "train_iterations": args.iterations,
-        "method": args.method,
+        "frame_scale": args.scale,
+        "train_settings": {"iterations": args.iterations, "scales": args.train_scales},
+        "methods": args.methods,
         "dedupe_threshold": args.dedupe_threshold,
         "budgets": {},
     }
     rng = np.random.default_rng(0)
     for budget in args.budgets:
-        sel = select_seeds(emb, budget, method=args.method, dedupe_threshold=args.dedupe_threshold)
-        idx = [s.index for s in sel.seeds]
-        ims, labs = [pool[i][1] for i in idx], [pool[i][2] for i in idx]
-        selected = train_and_score(classes, backbone, ims, labs, val, settings)
+        row: dict = {}
+        for method in args.methods:
+            sel = select_seeds(emb, budget, method=method, dedupe_threshold=args.dedupe_threshold)
+            idx = [s.index for s in sel.seeds]
+            ims, labs = [pool[i][1] for i in idx], [pool[i][2] for i in idx]
+            miou = train_and_score(classes, backbone, ims, labs, val, settings)
+            row[method] = {"stems": [pool[i][0] for i in idx], "miou": round(miou, 2)}
+            print(f"B={budget} {method}: {miou:.2f} {row[method]['stems']}", flush=True)
         randoms = []
         for _ in tqdm(range(args.draws), desc=f"random B={budget}", leave=False):
             draw = rng.choice(len(pool), size=budget, replace=False)
             ims, labs = [pool[i][1] for i in draw], [pool[i][2] for i in draw]
             randoms.append(train_and_score(classes, backbone, ims, labs, val, settings))
         mean, std = float(np.mean(randoms)), float(np.std(randoms))
-        results["budgets"][str(budget)] = {
-            "selected_stems": [pool[i][0] for i in idx],
-            "kept_after_dedupe": len(sel.kept),
-            "selected_miou": round(selected, 2),
-            "random_mious": [round(r, 2) for r in randoms],
-            "random_mean": round(mean, 2),
-            "random_std": round(std, 2),
-            "meets_target": bool(selected >= mean + std),
-        }
+        row["random_mious"] = [round(r, 2) for r in randoms]
+        row["random_mean"], row["random_std"] = round(mean, 2), round(std, 2)
+        for method in args.methods:
+            row[method]["meets_target"] = bool(row[method]["miou"] >= mean + std)
+        results["budgets"][str(budget)] = row
         print(
-            f"B={budget}: selected {selected:.2f} vs random {mean:.2f} ± {std:.2f} "
-            f"({'ok' if selected >= mean + std else 'below target'})",
+            f"B={budget}: "
+            + ", ".join(f"{m} {row[m]['miou']:.2f}" for m in args.methods)
+            + f" vs random {mean:.2f} ± {std:.2f}",
             flush=True,
         )
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
     results["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

@@ -76,25 +76,34 @@ class RegionGrowSegmenter(PromptSegmenter):
         return rasterize_scribbles(lines, size_hw, width=3)
 
     def grabcut(self, image: np.ndarray, region: RegionPrompt) -> np.ndarray:
-        """GrabCut inside region.box (XYXY) with clicks as hard labels -> (H, W) bool."""
+        """GrabCut inside region.box (XYXY) with clicks as hard labels -> (H, W) bool.
+
+        Runs on a crop around the box (box + 50% margin, at least 16 px) so small objects
+        cost little; the margin gives GrabCut its background colour model.
+        """
         import cv2
 
         h, w = image.shape[:2]
         x0, y0, x1, y1 = (int(round(v)) for v in region.box.tolist())
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        mask = np.full((h, w), cv2.GC_BGD, dtype=np.uint8)
-        mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
+        mx, my = max(16, (x1 - x0) // 2), max(16, (y1 - y0) // 2)
+        cx0, cy0, cx1, cy1 = max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
         pos = self._seed_mask(region, (h, w), negative=False)
         neg = self._seed_mask(region, (h, w), negative=True)
+        mask = np.full((h, w), cv2.GC_BGD, dtype=np.uint8)
+        mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
         mask[pos] = cv2.GC_FGD
         mask[neg] = cv2.GC_BGD
-        if (x1 - x0) < 3 or (y1 - y0) < 3:
-            return mask == cv2.GC_PR_FGD
+        crop = np.ascontiguousarray(mask[cy0:cy1, cx0:cx1])
+        full_box = (x1 - x0) * (y1 - y0) >= 0.98 * (cx1 - cx0) * (cy1 - cy0)
+        if (x1 - x0) < 3 or (y1 - y0) < 3 or full_box:
+            # Too small to model, or no background left around the box: keep the box.
+            return (mask == cv2.GC_PR_FGD) | (mask == cv2.GC_FGD)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
             cv2.grabCut(
-                cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                mask,
+                cv2.cvtColor(np.ascontiguousarray(image[cy0:cy1, cx0:cx1]), cv2.COLOR_RGB2BGR),
+                crop,
                 None,
                 bgd,
                 fgd,
@@ -103,7 +112,8 @@ class RegionGrowSegmenter(PromptSegmenter):
             )
         except cv2.error:  # degenerate colour model (e.g. a flat box): keep the box
             return (mask == cv2.GC_PR_FGD) | (mask == cv2.GC_FGD)
-        out = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+        out = np.zeros((h, w), dtype=bool)
+        out[cy0:cy1, cx0:cx1] = (crop == cv2.GC_FGD) | (crop == cv2.GC_PR_FGD)
         return out if out.any() else pos
 
     def segment_frame(
