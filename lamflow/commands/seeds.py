@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="annotate output / label PNGs: class presence")
     p.add_argument("--classes", default=None, help="classes.json (needed with --labels)")
     p.add_argument("--budget", type=int, default=None, help="override select_seeds.budget")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_select_seeds)
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", required=True, help="folder of prompt files STEM.json")
     p.add_argument("--out", required=True, help="folder for seed label PNGs")
     p.add_argument("--classes", default=None, help="classes.json (default: PROMPTS/classes.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_seed_masks)
@@ -63,7 +65,13 @@ def _select_seeds(args: argparse.Namespace) -> int:
     if args.budget is not None:
         params = params.model_copy(update={"budget": args.budget})
     doc = select_seeds(
-        args.images, args.out, params, args.vocabulary, labels=args.labels, classes=args.classes
+        args.images,
+        args.out,
+        params,
+        args.vocabulary,
+        progress=not args.no_progress,
+        labels=args.labels,
+        classes=args.classes,
     )
     print(json.dumps({"out": args.out, "seeds": [s["stem"] for s in doc["seeds"]]}))
     return 0
@@ -73,7 +81,9 @@ def _seed_masks(args: argparse.Namespace) -> int:
     from tasks.seed_masks import seed_masks
 
     params = load_params(args.params, args.set).seed_masks
-    summary = seed_masks(args.images, args.prompts, args.out, params, classes=args.classes)
+    summary = seed_masks(
+        args.images, args.prompts, args.out, params, not args.no_progress, classes=args.classes
+    )
     print(json.dumps(summary))
     return 0
 
