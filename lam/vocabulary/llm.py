@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lam.errors import LamflowError
 
@@ -78,8 +78,8 @@ class TransformersLLM:
         if path is None or not path.is_dir():
             raise LamflowError(f"transformers LLM: model directory {model_dir!r} not found")
         extra = {"gguf_file": gguf_file} if gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **extra)
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **extra)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True, **extra)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **extra)
         self.model.eval()
         self.max_new_tokens = max_new_tokens
         self.version = f"transformers:{path.name}{':' + gguf_file if gguf_file else ''}"
@@ -99,7 +99,7 @@ class TransformersLLM:
         with torch.inference_mode():
             out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
         answer = out[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(answer, skip_special_tokens=True)
+        return str(self.tokenizer.decode(answer, skip_special_tokens=True))
 
 
 class OpenAICompatibleLLM:

@@ -56,7 +56,7 @@ class TextEmbedder:
             dim = getattr(self.model, "get_embedding_dimension", None) or (
                 self.model.get_sentence_embedding_dimension
             )
-            return np.zeros((0, dim()), np.float32)
+            return np.zeros((0, int(dim() or 0)), np.float32)
         return np.stack([self._cache[t] for t in texts])
 
 

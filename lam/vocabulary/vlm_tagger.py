@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,15 +86,19 @@ class VlmTagger:
             raise ValueError(f"samples must be >= 1, got {samples}")
         combine([0.5], token_combine)  # validates the combiner name
         path = check_model_dir(model_dir, "vlm tagger")
-        self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+        # Auto classes resolve at run time; typed Any so generate()'s kwargs are not checked
+        # against the mixin's overloads.
+        self.model: Any = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
         self.model.eval()
         self.encoder_decoder = self.model.config.model_type == "vision-encoder-decoder"
         if self.encoder_decoder:
             from transformers import AutoImageProcessor, AutoTokenizer
 
-            self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.processor = None
+            self.image_processor: Any = AutoImageProcessor.from_pretrained(
+                path, local_files_only=True
+            )
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.processor: Any = None
         else:
             from transformers import AutoProcessor
 
@@ -144,7 +149,8 @@ class VlmTagger:
         # Decode growing prefixes, not single tokens: sentencepiece drops a token's leading
         # space when it is decoded alone, which would glue words together.
         special = set(self.tokenizer.all_special_ids)
-        text, owner = "", []  # owner[c] = index of the token that produced character c
+        text = ""
+        owner: list[int] = []  # owner[c] = index of the token that produced character c
         kept: list[int] = []
         for i, tok in enumerate(ids):
             if tok in special:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,8 +78,8 @@ class ZeroShotTagger:
         path = check_model_dir(model_dir, f"{kind} tagger")
         self.kind, self.views, self.top_k, self.min_prob = kind, views, top_k, min_prob
         self.candidates = names
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        self.model: Any = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.image_processor: Any = AutoImageProcessor.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         padding = "max_length" if kind == "siglip" else True
         texts = [template.format(n) for n in names]
