@@ -1,0 +1,66 @@
+"""The nightly flow end to end on a Dask LocalCluster under one Prefect test harness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.nightly import dask_runner, nightly, shared_prefect_api
+from flows.state import acquire_lease, read_watermark
+from lam.errors import LamflowError
+from tests.pipeline.helpers import write_drop, write_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _run(params: Path, **kwargs: Any) -> dict[str, Any]:
+    with shared_prefect_api():
+        flow = nightly.with_options(task_runner=dask_runner("", workers=1))
+        return flow(params_file=str(params), **kwargs)
+
+
+def test_bad_params_fail_before_any_work(prefect_harness: None, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data: {{root: {tmp_path / 'root'}}}\npipeline: {{lease_secs: 5}}\n")
+    with pytest.raises(LamflowError, match="pipeline.lease_secs: unknown key"):
+        nightly.with_options(task_runner=dask_runner("", workers=1))(params_file=str(params))
+    assert not (tmp_path / "root").exists()
+
+
+def test_nightly_labels_new_drops_once_and_skips_leased_ones(
+    prefect_harness: None, tmp_path: Path, seed_set: Path
+) -> None:
+    root = tmp_path / "root"
+    params = write_params(tmp_path / "params.yaml", str(root), seed_set)
+    write_drop(str(root), "d1", 4, bad=True)
+    write_drop(str(root), "d2", 2)
+    write_drop(str(root), "d3", 2)
+    assert acquire_lease(str(root), "d3", "another-run", ttl=600, settle=0)
+
+    result = _run(params)
+
+    assert result["trained"] and sorted(result["drops"]) == ["d1", "d2"]
+    assert result["skipped"] == ["d3"]  # leased by another run: not labeled twice
+    d1 = result["drops"]["d1"]
+    assert (d1["frames"], d1["labeled"], d1["quarantined"], d1["shards"]) == (7, 4, 3, 3)
+    assert d1["qc"] == "pass"
+    labels = Path(d1["labels"])
+    assert labels == root / "labels" / result["model_version"] / "d1"
+    assert len(list((labels / "labels").iterdir())) == 4
+    assert (labels / "qc.json").exists() and (Path(d1["export"]) / "index.json").exists()
+    assert len(list((labels / "overlays").iterdir())) == 1
+    assert read_watermark(str(root))["drives"] == ["d1", "d2"]
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"drop-d1", "drop-d2"} <= keys
+
+    again = _run(params)
+    assert again["drops"] == {} and not again.get("trained")
+    done = json.loads((root / "state/done/d1.json").read_text())
+    assert done["labeled"] == 4
