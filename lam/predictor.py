@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,11 +36,25 @@ def pick_device(device: str = "auto") -> torch.device:
         raise LamflowError(f"unknown device {device!r}: {exc}") from exc
 
 
+def label_and_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) float logits -> (label (B, H, W) uint8, confidence (B, H, W) uint8).
+
+    Confidence is the max softmax probability, computed as exp(max - logsumexp) so the full
+    (B, C, H, W) probability tensor is never materialised.
+    """
+    logits = logits.float()
+    top, label = logits.max(dim=1)
+    conf = torch.exp(top - torch.logsumexp(logits, dim=1))
+    conf_u8 = (conf * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return label.to(torch.uint8), conf_u8
+
+
 class Annotator:
     """Labels frames with a trained LabelAnythingModel.
 
     Never sees labels: the only inputs are the frames themselves (the leakage test in the suite
-    checks predictions are identical whether label files exist or not).
+    checks predictions are identical whether label files exist or not). On CPU the backbone
+    runs channels-last, and torch uses every core this process may run on.
     """
 
     def __init__(
@@ -47,7 +62,12 @@ class Annotator:
     ) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        self.model.backbone.to(memory_format=torch.channels_last)
         self.batch_size = max(1, int(batch_size))
+        if self.device.type == "cpu":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            if cores and torch.get_num_threads() != cores:
+                torch.set_num_threads(cores)
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -61,11 +81,9 @@ class Annotator:
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
             raise LamflowError(f"predict_batch needs frames of one size, got {sorted(shapes)}")
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-        probs = torch.softmax(self.logits(batch).float(), dim=1)
-        conf, label = probs.max(dim=1)
-        conf_u8 = (conf * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        label_u8 = label.to(torch.uint8).cpu().numpy()
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        label, conf = label_and_confidence(self.logits(batch))
+        label_u8, conf_u8 = label.cpu().numpy(), conf.cpu().numpy()
         return [Prediction(label=lb, confidence=cf) for lb, cf in zip(label_u8, conf_u8)]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:

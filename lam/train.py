@@ -1,8 +1,15 @@
 """Training the annotator's head from a few seed frames.
 
-The backbone is frozen, so each augmented view of each seed is passed through it exactly once
-and its taps are cached; the adapter, prototype temperature and OptOU step sizes are then fitted
-on the cache with Adam. That is what makes one-seed training take seconds on a laptop CPU.
+The backbone is frozen, so each augmented view of each seed passes through it exactly once and
+its taps are cached. The head is then fitted in two cheap stages:
+
+1. the Semantic Class Adapter, a per-pixel model, is fitted on features sampled at a few
+   thousand labelled pixels per view (full-batch L-BFGS on class-balanced cross-entropy), so no
+   dense map is ever back-propagated;
+2. with the adapter fixed, OptOU's few scalars (step sizes, prototype temperature) are fitted
+   with Adam through the unrolled steps on a couple of views at the output stride.
+
+That is what makes one-seed training take seconds on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from lam.errors import LamflowError
+from lam.modeling.adapter import pixel_features
 from lam.modeling.lam import LabelAnythingModel
 
 
@@ -23,14 +31,18 @@ from lam.modeling.lam import LabelAnythingModel
 class TrainSettings:
     """Hyperparameters of seed training (all have working defaults)."""
 
-    iterations: int = 300
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    batch_views: int = 4
+    iterations: int = 100  # L-BFGS iterations of the adapter fit (Adam steps if optimizer="adam")
+    lr: float = 0.01  # Adam only
+    weight_decay: float = 1e-4  # L2 penalty on adapter weights, per sampled pixel
+    batch_views: int = 4  # views per OptOU step
     scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     hflip: bool = True
     class_balance_power: float = 0.5  # weight_c = (median_freq / freq_c) ** power; 0 = unweighted
     seed: int = 0
+    pixels_per_view: int = 4000  # labelled pixels sampled per view for the adapter fit
+    optimizer: str = "lbfgs"  # "lbfgs" or "adam"
+    optou_iterations: int = 20  # Adam steps on OptOU's scalars (0 = keep their init)
+    optou_lr: float = 0.05
 
 
 @dataclass
@@ -43,10 +55,18 @@ class TrainReport:
 
 
 @dataclass
-class _View:
+class View:
+    """One frame (or augmented copy) with its cached frozen features.
+
+    taps: backbone taps, each (1, channels[i], h_i, w_i); image: (1, 3, H, W) uint8;
+    full_label: (1, H, W) int64 ids at full resolution (ignore_index = unlabelled);
+    label: (1, h, w) int64 ids at the output stride.
+    """
+
     taps: list[torch.Tensor]
-    image: torch.Tensor  # (1, 3, H, W) uint8
-    label: torch.Tensor  # (1, h, w) int64 at the output stride
+    image: torch.Tensor
+    full_label: torch.Tensor
+    label: torch.Tensor
 
 
 def _augmented_views(
@@ -92,7 +112,7 @@ def class_weights(counts: torch.Tensor, power: float) -> torch.Tensor:
 
 @torch.no_grad()
 def _set_prototypes(
-    model: LabelAnythingModel, views: list[_View], num_classes: int, ignore: int
+    model: LabelAnythingModel, views: Sequence[View], num_classes: int, ignore: int
 ) -> None:
     head = model.prototype_head
     if head is None:
@@ -112,6 +132,190 @@ def _set_prototypes(
     head.set_prototypes([s / counts.clamp(min=1)[:, None] for s in sums], valid)
 
 
+def build_views(
+    model: LabelAnythingModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    scales: Sequence[float] = (1.0,),
+    hflip: bool = False,
+) -> list[View]:
+    """Frames (H, W, 3) uint8 + ids (H, W) -> augmented views with cached taps."""
+    if len(images) != len(labels) or not len(images):
+        raise LamflowError(
+            f"need matching, non-empty images and labels, got {len(images)}/{len(labels)}"
+        )
+    for i, (im, lb) in enumerate(zip(images, labels)):
+        if im.shape[:2] != lb.shape:
+            raise LamflowError(
+                f"frame {i}: label size {lb.shape} differs from frame {im.shape[:2]}"
+            )
+    views: list[View] = []
+    for image, label in zip(images, labels):
+        for im, lb in _augmented_views(image, label, scales, hflip):
+            taps = model.extract(im)
+            size = model.out_size(tuple(im.shape[-2:]))
+            views.append(View(taps, im, lb, _downsample_label(lb, size)))
+    return views
+
+
+def _sample_pixels(
+    views: Sequence[View], per_view: int, ignore: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) float32 and ids (N,) int64 at up to `per_view` labelled pixels per view."""
+    feats, ids = [], []
+    for view in views:
+        lab = view.full_label[0]
+        ys, xs = torch.nonzero(lab != ignore, as_tuple=True)
+        if len(ys) == 0:
+            continue
+        pick = torch.randperm(len(ys), generator=gen)[:per_view]
+        points = torch.stack([ys[pick], xs[pick]], 1).float()
+        feats.append(pixel_features(view.taps, points, tuple(lab.shape)))
+        ids.append(lab[ys[pick], xs[pick]])
+    if not feats:
+        raise LamflowError("labels contain no labelled pixel (all void)")
+    return torch.cat(feats), torch.cat(ids)
+
+
+def _fit_adapter(
+    model: LabelAnythingModel,
+    feats: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    settings: TrainSettings,
+    sample_weight: torch.Tensor | None = None,
+) -> list[float]:
+    """Full-batch fit of the adapter on sampled pixels; returns the loss history."""
+    adapter = model.adapter
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    losses: list[float] = []
+
+    def objective() -> torch.Tensor:
+        logits = adapter.forward_points(feats)
+        if sample_weight is None:
+            ce = F.cross_entropy(logits, ids, weight=weights)
+        else:
+            per = F.cross_entropy(logits, ids, weight=weights, reduction="none")
+            ce = (per * sample_weight).sum() / (weights[ids] * sample_weight).sum().clamp(min=1e-6)
+        reg = sum((p**2).sum() for p in params if p.ndim > 1)
+        return ce + settings.weight_decay * reg
+
+    adapter.train()
+    if settings.optimizer == "lbfgs":
+        optim = torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=settings.iterations,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            optim.zero_grad()
+            loss = objective()
+            loss.backward()
+            losses.append(float(loss))
+            return loss
+
+        optim.step(closure)
+    elif settings.optimizer == "adam":
+        optim = torch.optim.Adam(params, lr=settings.lr)
+        for _ in range(settings.iterations):
+            optim.zero_grad()
+            loss = objective()
+            loss.backward()
+            optim.step()
+            losses.append(float(loss))
+    else:
+        raise LamflowError(f"unknown optimizer {settings.optimizer!r}; known: 'lbfgs', 'adam'")
+    return losses
+
+
+def _fit_optou(
+    model: LabelAnythingModel,
+    views: Sequence[View],
+    weights: torch.Tensor,
+    ignore: int,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+) -> list[float]:
+    """Adam on OptOU's step sizes (and the prototype temperature) with the adapter fixed."""
+    params = list(model.optou.parameters())
+    if model.prototype_head is not None:
+        params += list(model.prototype_head.parameters())
+    if settings.optou_iterations <= 0 or model.optou.steps == 0 or not params:
+        return []
+    with torch.no_grad():
+        cached = []
+        for view in views:
+            size = model.out_size(tuple(view.image.shape[-2:]))
+            cached.append(model.adapter(view.taps, size))
+    optim = torch.optim.Adam(params, lr=settings.optou_lr)
+    losses = []
+    for _ in range(settings.optou_iterations):
+        batch = rng.choice(len(views), size=min(settings.batch_views, len(views)), replace=False)
+        optim.zero_grad()
+        total = torch.zeros(())
+        for j in batch:
+            view = views[int(j)]
+            logits = model.refine(cached[int(j)], view.taps, view.image)
+            total = total + F.cross_entropy(logits, view.label, weight=weights, ignore_index=ignore)
+        loss = total / len(batch)
+        loss.backward()
+        optim.step()
+        losses.append(float(loss))
+    return losses
+
+
+def fit_head_on_views(
+    model: LabelAnythingModel,
+    views: Sequence[View],
+    ignore_index: int,
+    settings: TrainSettings,
+    view_weights: Sequence[float] | None = None,
+    view_pixels: Sequence[int] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[list[float], list[int]]:
+    """Fit adapter, prototypes and OptOU on cached views; returns (losses, class pixel counts).
+
+    view_weights: optional per-view weight of its pixels in the adapter loss (e.g. to trust
+    pseudo-labelled frames less than seeds); view_pixels: optional per-view pixel budget
+    (default settings.pixels_per_view).
+    """
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    c = model.num_classes
+    counts = torch.zeros(c, dtype=torch.long)
+    for view in views:
+        lab = view.full_label[view.full_label != ignore_index]
+        counts += torch.bincount(lab.clamp(0, c - 1), minlength=c)
+    if counts.sum() == 0:
+        raise LamflowError("seed labels contain no labelled pixel (all void)")
+    weights = class_weights(counts, settings.class_balance_power)
+    _set_prototypes(model, views, c, ignore_index)
+    feats, ids, sample_weight = [], [], []
+    for i, view in enumerate(views):
+        if not (view.full_label != ignore_index).any():
+            continue
+        budget = settings.pixels_per_view if view_pixels is None else int(view_pixels[i])
+        f, y = _sample_pixels([view], budget, ignore_index, gen)
+        feats.append(f)
+        ids.append(y.clamp(0, c - 1))
+        w = 1.0 if view_weights is None else float(view_weights[i])
+        sample_weight.append(torch.full((len(y),), w))
+    sw = torch.cat(sample_weight) if view_weights is not None else None
+    losses = _fit_adapter(model, torch.cat(feats), torch.cat(ids), weights, settings, sw)
+    if progress is not None:
+        progress(1, 2, losses[-1] if losses else float("nan"))
+    labelled = [v for i, v in enumerate(views) if view_weights is None or view_weights[i] >= 1.0]
+    losses += _fit_optou(model, labelled or list(views), weights, ignore_index, settings, rng)
+    if progress is not None:
+        progress(2, 2, losses[-1] if losses else float("nan"))
+    model.eval()
+    return losses, [int(x) for x in counts]
+
+
 def train_head(
     model: LabelAnythingModel,
     images: Sequence[np.ndarray],
@@ -128,66 +332,16 @@ def train_head(
         labels: matching (H, W) uint8 class ids; `ignore_index` marks unlabelled pixels.
         ignore_index: void id (excluded from the loss and the prototypes).
         settings: hyperparameters; deterministic for a given `settings.seed`.
-        progress: called as progress(iteration, total, loss) for progress bars.
+        progress: called as progress(stage, total_stages, loss) for progress bars.
     """
     settings = settings or TrainSettings()
-    if len(images) != len(labels) or not images:
-        raise LamflowError(
-            f"need matching, non-empty seed images and labels, got {len(images)}/{len(labels)}"
-        )
-    for i, (im, lb) in enumerate(zip(images, labels)):
-        if im.shape[:2] != lb.shape:
-            raise LamflowError(
-                f"seed {i}: label size {lb.shape} differs from frame size {im.shape[:2]}"
-            )
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     start = time.perf_counter()
-    c = model.num_classes
-
-    views: list[_View] = []
-    for image, label in zip(images, labels):
-        for im, lb in _augmented_views(image, label, settings.scales, settings.hflip):
-            taps = model.extract(im)
-            size = model.out_size(tuple(im.shape[-2:]))
-            views.append(_View(taps=taps, image=im, label=_downsample_label(lb, size)))
-
-    counts = torch.zeros(c, dtype=torch.long)
-    for view in views:
-        lab = view.label[view.label != ignore_index]
-        counts += torch.bincount(lab.clamp(0, c - 1), minlength=c)
-    if counts.sum() == 0:
-        raise LamflowError("seed labels contain no labelled pixel (all void)")
-    weights = class_weights(counts, settings.class_balance_power)
-    _set_prototypes(model, views, c, ignore_index)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=settings.iterations)
-    model.train()
-    losses: list[float] = []
-    for it in range(settings.iterations):
-        batch = rng.choice(len(views), size=min(settings.batch_views, len(views)), replace=False)
-        optim.zero_grad()
-        total = torch.zeros(())
-        for j in batch:
-            view = views[int(j)]
-            logits = model.head(view.taps, view.image)
-            total = total + F.cross_entropy(
-                logits, view.label, weight=weights, ignore_index=ignore_index
-            )
-        loss = total / len(batch)
-        loss.backward()
-        optim.step()
-        sched.step()
-        losses.append(float(loss))
-        if progress is not None:
-            progress(it + 1, settings.iterations, float(loss))
-    model.eval()
+    views = build_views(model, images, labels, settings.scales, settings.hflip)
+    losses, counts = fit_head_on_views(model, views, ignore_index, settings, progress=progress)
     return TrainReport(
         seconds=time.perf_counter() - start,
         views=len(views),
-        final_loss=float(np.mean(losses[-20:])) if losses else float("nan"),
-        class_pixels=[int(x) for x in counts],
+        final_loss=float(losses[-1]) if losses else float("nan"),
+        class_pixels=counts,
         losses=losses,
     )

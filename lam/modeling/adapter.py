@@ -15,6 +15,10 @@ class SemanticClassAdapter(nn.Module):
     exactly a 1x1 conv over the channel-concatenation of the resized taps (resizing and a 1x1
     conv commute), done in the cheaper order. An optional ReLU follows, as in the LAM paper.
 
+    Because the linear case is a per-pixel linear model, it can be fitted on features sampled at
+    a few thousand pixels (`pixel_features`) and written back with `set_linear`; that is how
+    `lam.train` fits it in seconds instead of back-propagating through dense maps.
+
     Input: list of (B, channels[i], h_i, w_i). Output: (B, C, H / out_stride, W / out_stride).
     """
 
@@ -28,6 +32,7 @@ class SemanticClassAdapter(nn.Module):
     ) -> None:
         super().__init__()
         out = hidden if hidden > 0 else num_classes
+        self.channels = tuple(int(c) for c in channels)
         self.proj = nn.ModuleList(nn.Conv2d(c, out, 1, bias=False) for c in channels)
         self.bias = nn.Parameter(torch.zeros(out))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -35,16 +40,70 @@ class SemanticClassAdapter(nn.Module):
         self.relu = relu
         self.num_classes = num_classes
 
+    @property
+    def is_linear(self) -> bool:
+        """True when logits are an affine function of the concatenated normalised taps."""
+        return self.hidden is None and not self.relu
+
     def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         total = None
         for feat, proj in zip(taps, self.proj):
             feat = self.dropout(F.normalize(feat, dim=1))
-            y = proj(feat)
+            y = F.conv2d(feat, proj.weight.to(feat.dtype))
             if y.shape[-2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             total = y if total is None else total + y
-        assert total is not None  # noqa: S101 - internal invariant: at least one tap
-        logits = total + self.bias.view(1, -1, 1, 1)
+        if total is None:
+            raise ValueError("adapter needs at least one tap")
+        logits = total + self.bias.view(1, -1, 1, 1).to(total.dtype)
         if self.hidden is not None:
             logits = self.hidden(F.relu(logits))
         return F.relu(logits) if self.relu else logits
+
+    def forward_points(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits at sampled pixels: (N, sum(channels)) from `pixel_features` -> (N, C).
+
+        Equal to `forward` read at those pixels (up to where the bilinear resize happens).
+        """
+        weight = torch.cat([p.weight.flatten(1) for p in self.proj], dim=1)  # (out, D)
+        logits = features @ weight.T + self.bias
+        if self.hidden is not None:
+            logits = F.relu(logits) @ self.hidden.weight.flatten(1).T + self.hidden.bias
+        return F.relu(logits) if self.relu else logits
+
+    @torch.no_grad()
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Write a fitted linear model: weight (sum(channels), C), bias (C,) float."""
+        if not self.is_linear:
+            raise ValueError("set_linear needs a linear adapter (hidden=0, relu=False)")
+        expected = (sum(self.channels), self.num_classes)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"weight shape {tuple(weight.shape)} != expected {expected}")
+        offset = 0
+        for c, proj in zip(self.channels, self.proj):
+            proj.weight.copy_(weight[offset : offset + c].T.reshape(-1, c, 1, 1))
+            offset += c
+        self.bias.copy_(bias)
+
+
+def pixel_features(
+    taps: list[torch.Tensor], points: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Concatenated L2-normalised taps sampled bilinearly at pixel centres.
+
+    Args:
+        taps: list of (1, channels[i], h_i, w_i) float features of one frame.
+        points: (N, 2) float (y, x) pixel coordinates in the full-resolution frame.
+        image_size: (H, W) of that frame.
+    Returns:
+        (N, sum(channels)) float32, the same features the adapter's 1x1 convs see there.
+    """
+    h, w = image_size
+    gy = (points[:, 0] + 0.5) / h * 2 - 1
+    gx = (points[:, 1] + 0.5) / w * 2 - 1
+    grid = torch.stack([gx, gy], -1).view(1, 1, -1, 2).float()
+    out = []
+    for feat in taps:
+        f = F.normalize(feat.float(), dim=1)
+        out.append(F.grid_sample(f, grid, mode="bilinear", align_corners=False)[0, :, 0].T)
+    return torch.cat(out, dim=1)

