@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test lint typecheck unit bench s3-up s3-down ui clean
+.PHONY: venv demo test lint typecheck unit bench bench-pipeline repro nightly s3-up s3-down ui clean
 
 # The stamp is rebuilt whenever the pinned requirements or the package metadata change.
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -42,6 +42,16 @@ test: lint typecheck
 bench: venv
 	$(BIN)/python bench/quality.py --camvid $(CAMVID)
 	$(BIN)/python bench/throughput.py --camvid $(CAMVID)
+
+bench-pipeline: venv
+	$(BIN)/python bench/pipeline.py --camvid $(CAMVID) --frames 1000 --workers 2
+
+# `dvc repro` runs `lamflow stage ...` commands: the venv's bin must be on PATH.
+repro: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+nightly: venv
+	$(BIN)/lamflow nightly
 
 s3-up: venv
 	$(BIN)/python -m lamflow.s3server up

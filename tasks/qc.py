@@ -134,6 +134,10 @@ def _validate(name: str, rows: list[dict[str, Any]], suite: list[tuple[str, Any]
     out = []
     for res in result.results:
         cfg = res.expectation_config
+        if cfg is None:
+            raise LamflowError(
+                f"Great Expectations returned a result without its expectation: {res}"
+            )
         column = _column(cfg.kwargs)
         bad = [str(i.get("stem")) for i in (res.result.get("unexpected_index_list") or [])]
         bounds = {
