@@ -7,6 +7,7 @@ an S3 bucket or in-memory test storage. Keys built from drive ids or file names 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -39,12 +40,37 @@ def s3_options() -> dict[str, Any]:
 
     LAMFLOW_S3_ENDPOINT (or AWS_ENDPOINT_URL) points s3fs at a non-AWS server such as the
     project's SeaweedFS. No region is passed: SeaweedFS rejects region-specific signing.
+    LAMFLOW_S3_CREDENTIALS_BLOCK names a Prefect Secret block holding
+    {"aws_access_key_id": ..., "aws_secret_access_key": ...}, used when the environment has no
+    AWS_ACCESS_KEY_ID (loaded once per process, e.g. once per Dask worker).
     """
     endpoint = os.environ.get("LAMFLOW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
     opts: dict[str, Any] = {}
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
+    block = os.environ.get("LAMFLOW_S3_CREDENTIALS_BLOCK")
+    if block and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        key, secret = _block_credentials(block)
+        opts.update(key=key, secret=secret)
     return opts
+
+
+@functools.lru_cache(maxsize=4)
+def _block_credentials(name: str) -> tuple[str, str]:
+    """(access key, secret key) from the Prefect Secret block `name`."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except ValueError as exc:
+        raise LamflowError(f"no Prefect Secret block {name!r}: {exc}") from exc
+    if not isinstance(value, dict) or not {"aws_access_key_id", "aws_secret_access_key"} <= set(
+        value
+    ):
+        raise LamflowError(
+            f"Prefect Secret block {name!r} must hold aws_access_key_id and aws_secret_access_key"
+        )
+    return str(value["aws_access_key_id"]), str(value["aws_secret_access_key"])
 
 
 def get_fs(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -64,3 +64,24 @@ def test_nightly_labels_new_drops_once_and_skips_leased_ones(
     assert again["drops"] == {} and not again.get("trained")
     done = json.loads((root / "state/done/d1.json").read_text())
     assert done["labeled"] == 4
+
+
+def test_s3_credentials_from_a_prefect_secret_block(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from lamflow.storage import _block_credentials, s3_options
+
+    Secret(value={"aws_access_key_id": "AKBLOCK", "aws_secret_access_key": "s3cr3t"}).save(
+        "lamflow-s3-test", overwrite=True
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.setenv("LAMFLOW_S3_CREDENTIALS_BLOCK", "lamflow-s3-test")
+    _block_credentials.cache_clear()
+    opts = s3_options()
+    assert (opts["key"], opts["secret"]) == ("AKBLOCK", "s3cr3t")
+    monkeypatch.setenv("LAMFLOW_S3_CREDENTIALS_BLOCK", "no-such-block")
+    with pytest.raises(LamflowError, match="no Prefect Secret block 'no-such-block'"):
+        s3_options()
+    _block_credentials.cache_clear()
