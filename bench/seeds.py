@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=["typiclust", "kcenter"])
     ap.add_argument("--scale", type=float, default=0.5, help="resize frames (speed)")
     ap.add_argument("--train-scales", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--dedupe-threshold", type=float, default=0.97)
+    ap.add_argument("--dedupe-threshold", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on busy hosts)")
     ap.add_argument("--out", default="outputs/bench/seeds.json")
     args = ap.parse_args(argv)

@@ -151,7 +151,7 @@ class SelectSeedsParams(_Section):
 
     budget: int = Field(default=5, ge=1)
     method: Literal["typiclust", "kcenter"] = "typiclust"
-    dedupe_threshold: float = Field(default=0.97, gt=0, le=1.01)  # cosine; > 1 keeps all
+    dedupe_threshold: float = Field(default=0.9, gt=0, le=1.01)  # cosine; > 1 keeps all
     k_neighbors: int = Field(default=20, ge=1)
     backbone: str = "efficientnet_lite0"
     short_side: int = Field(default=224, ge=0)  # frames resized to this short side to embed

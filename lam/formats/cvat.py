@@ -3,11 +3,12 @@
 Both import into CVAT as a task's annotations (Actions > Upload annotations), and CVAT's
 exports in the same formats import back here as class-id maps.
 
-Polygons: each connected region of a class becomes one `<polygon>` tracing its boundary
-pixels (XY in pixels, "x0,y0;x1,y1;..."). Regions are written largest first with increasing
-`z_order`, so a region nested inside another is painted over it on import; holes that are
-void (unlabelled) inside a region are therefore filled by the enclosing class. Use the
-Cityscapes zip when void holes must survive.
+Polygons: each 4-connected region of a class becomes one `<polygon>` tracing its boundary
+pixels (XY in pixels, "x0,y0;x1,y1;..."). Regions are written in decreasing order of the area
+their polygon fills, with increasing `z_order`, so a region nested inside another is painted
+over it on import and labelled holes come back exactly; void (unlabelled) holes inside a region
+are filled by the enclosing class, as polygons have no holes. Use the Cityscapes zip when void
+holes must survive.
 
 Cityscapes zip: `label_colors.txt` ("r g b name" per line, line 0 = background/void) and
 `gtFine/default/STEM_gtFine_labelIds.png` (+ `_color.png`, `_instanceIds.png`), ids =

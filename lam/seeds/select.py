@@ -184,7 +184,7 @@ def select_seeds(
     embeddings: np.ndarray,
     budget: int,
     method: str = "typiclust",
-    dedupe_threshold: float = 0.97,
+    dedupe_threshold: float = 0.9,
     presence: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     required: Sequence[str] | None = None,

@@ -37,7 +37,7 @@ def params_file(tmp_path: Path) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
-                "select_seeds": {"budget": 2, "short_side": 0},
+                "select_seeds": {"budget": 2, "short_side": 0, "dedupe_threshold": 0.999},
                 "seed_masks": {"backbone": "", "segmenter": "region_grow"},
             }
         )
@@ -81,7 +81,7 @@ def test_cli_end_to_end(
     again = stage.select_seeds_task.fn(
         str(d / "images"),
         str(seeds),
-        stage.SelectSeedsParams(budget=2, short_side=0),
+        stage.SelectSeedsParams(budget=2, short_side=0, dedupe_threshold=0.999),
         progress=False,
         labels=str(d / "labels"),
         classes=str(d / "classes.json"),
