@@ -135,3 +135,28 @@ def test_dvc_push_and_pull_through_the_seaweedfs_remote(seaweed: Any, tmp_path: 
     assert (tmp_path / "data/frame.png").read_bytes() == b"\x89PNG fake bytes"
     config = (tmp_path / ".dvc/config").read_text()
     assert seaweed.creds.secret_key not in config  # credentials stay in the environment
+
+
+def test_s3_up_env_down_generates_private_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lamflow import s3server
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LAMFLOW_S3_ACCESS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    port = s3server.free_port_pair(set())
+    endpoint = s3server.up(tmp_path, port=port, bucket="firstbucket")
+    try:
+        assert endpoint == f"http://127.0.0.1:{port}"
+        assert s3server.up(tmp_path, port=port) == endpoint  # idempotent
+        stored = tmp_path / "credentials.env"
+        assert stored.stat().st_mode & 0o777 == 0o600
+        lines = dict(
+            line.removeprefix("export ").split("=", 1) for line in s3server.env_lines(tmp_path)
+        )
+        assert lines["LAMFLOW_S3_ENDPOINT"] == endpoint
+        assert lines["AWS_SECRET_ACCESS_KEY"] in stored.read_text()
+        assert lines["AWS_SECRET_ACCESS_KEY"] not in (tmp_path / "weed.log").read_text()
+    finally:
+        assert s3server.down(tmp_path)
+    assert not s3server.down(tmp_path)
