@@ -121,7 +121,9 @@ def review_export(
                 f"cityscapes export needs a label for every frame; none for "
                 f"{unlabelled[:5]} (use --format cvat or labelstudio)"
             )
-        data = labels_to_cityscapes_zip([(s, lab) for s, _, lab, _ in items], class_list)
+        data = labels_to_cityscapes_zip(
+            [(s, lab) for s, _, lab, _ in items if lab is not None], class_list
+        )
     else:
         tasks = labels_to_tasks(
             [

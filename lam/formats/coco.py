@@ -108,7 +108,8 @@ def labels_to_coco(
     Returns:
         {"info", "images", "categories", "annotations"}; bbox is [x, y, width, height].
     """
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, (file_name, label) in enumerate(frames, start=1):
         h, w = label.shape
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lam.errors import LamflowError
 from lam.prompts.schema import FramePrompts, RegionPrompt
 from lam.prompts.segment import PromptSegmenter, _check_image, compose_regions, rasterize_scribbles
 
@@ -84,6 +85,10 @@ class RegionGrowSegmenter(PromptSegmenter):
         import cv2
 
         h, w = image.shape[:2]
+        if region.box is None:
+            raise LamflowError(
+                f"grabcut needs a box; region of class {region.class_name!r} has none"
+            )
         x0, y0, x1, y1 = (int(round(v)) for v in region.box.tolist())
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
         mx, my = max(16, (x1 - x0) // 2), max(16, (y1 - y0) // 2)
@@ -101,7 +106,7 @@ class RegionGrowSegmenter(PromptSegmenter):
             return (mask == cv2.GC_PR_FGD) | (mask == cv2.GC_FGD)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
-            cv2.grabCut(
+            cv2.grabCut(  # type: ignore[call-overload]
                 cv2.cvtColor(np.ascontiguousarray(image[cy0:cy1, cx0:cx1]), cv2.COLOR_RGB2BGR),
                 crop,
                 None,
@@ -181,4 +186,4 @@ def _to_cells(mask: np.ndarray, stride: int, grid_hw: tuple[int, int]) -> np.nda
     gh, gw = grid_hw
     padded = np.zeros((gh * stride, gw * stride), dtype=bool)
     padded[: mask.shape[0], : mask.shape[1]] = mask
-    return padded.reshape(gh, stride, gw, stride).any(axis=(1, 3))
+    return np.asarray(padded.reshape(gh, stride, gw, stride).any(axis=(1, 3)), dtype=bool)
