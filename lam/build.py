@@ -59,10 +59,10 @@ class LamConfig:
     out_stride: int = 4
     adapter_hidden: int = 0
     adapter_relu: bool = False
-    use_prototypes: bool = True
+    use_prototypes: bool = False
     optou_steps: int = 3
-    optou_radius: int = 2
-    optou_dilation: int = 1
+    optou_radius: int = 1
+    optou_dilation: int = 2
     optou_sigma: float = 0.1
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -31,7 +31,7 @@ from lam.modeling.lam import LabelAnythingModel
 class TrainSettings:
     """Hyperparameters of seed training (all have working defaults)."""
 
-    iterations: int = 100  # L-BFGS iterations of the adapter fit (Adam steps if optimizer="adam")
+    iterations: int = 60  # L-BFGS iterations of the adapter fit (Adam steps if optimizer="adam")
     lr: float = 0.01  # Adam only
     weight_decay: float = 1e-4  # L2 penalty on adapter weights, per sampled pixel
     batch_views: int = 4  # views per OptOU step
@@ -40,6 +40,7 @@ class TrainSettings:
     class_balance_power: float = 0.5  # weight_c = (median_freq / freq_c) ** power; 0 = unweighted
     seed: int = 0
     pixels_per_view: int = 4000  # labelled pixels sampled per view for the adapter fit
+    max_pixels: int = 48000  # cap on all sampled pixels (per-view budget shrinks to fit)
     optimizer: str = "lbfgs"  # "lbfgs" or "adam"
     optou_iterations: int = 20  # Adam steps on OptOU's scalars (0 = keep their init)
     optou_lr: float = 0.05
@@ -214,7 +215,7 @@ def _fit_adapter(
             optim.zero_grad()
             loss = objective()
             loss.backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             return loss
 
         optim.step(closure)
@@ -225,7 +226,7 @@ def _fit_adapter(
             loss = objective()
             loss.backward()
             optim.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     else:
         raise LamflowError(f"unknown optimizer {settings.optimizer!r}; known: 'lbfgs', 'adam'")
     return losses
@@ -295,10 +296,12 @@ def fit_head_on_views(
     weights = class_weights(counts, settings.class_balance_power)
     _set_prototypes(model, views, c, ignore_index)
     feats, ids, sample_weight = [], [], []
+    budgets = [settings.pixels_per_view] * len(views) if view_pixels is None else list(view_pixels)
+    shrink = min(1.0, settings.max_pixels / max(1, sum(budgets)))
     for i, view in enumerate(views):
         if not (view.full_label != ignore_index).any():
             continue
-        budget = settings.pixels_per_view if view_pixels is None else int(view_pixels[i])
+        budget = max(1, int(budgets[i] * shrink))
         f, y = _sample_pixels([view], budget, ignore_index, gen)
         feats.append(f)
         ids.append(y.clamp(0, c - 1))

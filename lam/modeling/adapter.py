@@ -105,5 +105,9 @@ def pixel_features(
     out = []
     for feat in taps:
         f = F.normalize(feat.float(), dim=1)
-        out.append(F.grid_sample(f, grid, mode="bilinear", align_corners=False)[0, :, 0].T)
+        out.append(
+            F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)[
+                0, :, 0
+            ].T
+        )
     return torch.cat(out, dim=1)
