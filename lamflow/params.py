@@ -150,7 +150,7 @@ class SelectSeedsParams(_Section):
     """Seed selection (tasks/select_seeds.py, lam/seeds/): embed, de-duplicate, pick, cover."""
 
     budget: int = Field(default=5, ge=1)
-    method: Literal["typiclust", "kcenter"] = "typiclust"
+    method: Literal["typiclust", "kcenter"] = "kcenter"
     dedupe_threshold: float = Field(default=0.9, gt=0, le=1.01)  # cosine; > 1 keeps all
     k_neighbors: int = Field(default=20, ge=1)
     backbone: str = "efficientnet_lite0"

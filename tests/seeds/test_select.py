@@ -28,7 +28,7 @@ def test_budget_covers_every_blob(method: str) -> None:
 
 def test_typiclust_ranks_largest_cluster_first_and_picks_typical_frames() -> None:
     emb, ids = _blobs()
-    sel = select_seeds(emb, 3, dedupe_threshold=1.01)
+    sel = select_seeds(emb, 3, method="typiclust", dedupe_threshold=1.01)
     assert [s.cluster_size for s in sel.seeds] == [30, 20, 10]
     first = sel.seeds[0]
     members = np.flatnonzero(ids == 0)
@@ -64,7 +64,12 @@ def test_coverage_pass_adds_a_frame_with_the_missing_class() -> None:
     presence[:30, 1] = True  # sky in the big blob
     presence[57, 2] = True  # a rare bicycle in one frame only
     sel = select_seeds(
-        emb, 2, presence=presence, class_names=["road", "sky", "bicycle"], dedupe_threshold=1.01
+        emb,
+        2,
+        method="typiclust",  # picks typical frames, so the rare frame 57 is not among them
+        presence=presence,
+        class_names=["road", "sky", "bicycle"],
+        dedupe_threshold=1.01,
     )
     added = [s for s in sel.seeds if s.reason == "coverage"]
     assert [(s.index, s.adds) for s in added if "bicycle" in s.adds] == [(57, ["bicycle"])]
