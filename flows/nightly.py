@@ -31,7 +31,7 @@ from tasks.export import export_task
 from tasks.ingest import INGEST_MANIFEST, add_drop, drop_url, ingest_task, list_drops
 from tasks.models import ensure_model_task
 from tasks.qc import qc_task
-from tasks.shards import annotate_shard_task, finish_annotate_task, plan_shards
+from tasks.shards import annotate_shard_task, busy_seconds, finish_annotate_task, plan_shards
 
 from .state import acquire_lease, done_drives, mark_done, release_lease, write_watermark
 
@@ -175,6 +175,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
         "qc": qc["status"],
         "shards": len(shards),
         "compute_seconds": round(sum(r["compute_seconds"] for r in shard_results), 3),
+        "annotate_busy_seconds": round(busy_seconds([r["interval"] for r in shard_results]), 3),
     }
 
 

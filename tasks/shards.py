@@ -44,15 +44,27 @@ def annotate_shard(
     """Label one shard (`stems` of the drop at `images`) into `out`.
 
     Returns the annotate summary plus `"compute_seconds"` (wall time inside this call), which
-    the benchmark sums to measure orchestration overhead.
+    the benchmark sums, and `"interval"` ([start, end] epoch seconds) for `busy_seconds`.
     """
     _limit_torch_threads()
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     summary = annotate(model, images, out, params, stems=stems, progress=False, shard=True)
     result = summary.as_dict()
     result["compute_seconds"] = round(time.perf_counter() - started, 4)
+    result["interval"] = [wall_started, time.time()]  # epoch seconds, for busy_seconds()
     result["pid"] = os.getpid()
     return result
+
+
+def busy_seconds(intervals: list[list[float]]) -> float:
+    """Length of the union of [start, end] intervals: time at least one shard was computing."""
+    total, end = 0.0, float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi <= end:
+            continue
+        total += hi - max(lo, end)
+        end = hi
+    return total
 
 
 def finish_annotate(out: str) -> dict[str, Any]:

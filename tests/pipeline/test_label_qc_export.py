@@ -14,7 +14,7 @@ from lamflow.params import AnnotateParams, ExportParams, QcParams
 from tasks.export import export
 from tasks.ingest import ingest
 from tasks.qc import qc
-from tasks.shards import annotate_shard, finish_annotate, plan_shards
+from tasks.shards import annotate_shard, busy_seconds, finish_annotate, plan_shards
 from tests.pipeline.helpers import write_drop
 
 LOOSE = QcParams(min_mean_confidence=0.0, max_low_confidence_fraction=1.0, max_drift=1.0)
@@ -34,6 +34,11 @@ def test_plan_shards_covers_every_stem_once() -> None:
     shards = plan_shards([f"f{i:03d}" for i in range(10)][::-1], 4)
     assert [len(s) for s in shards] == [4, 4, 2]
     assert sum(shards, []) == sorted(f"f{i:03d}" for i in range(10))
+
+
+def test_busy_seconds_is_the_union_of_shard_intervals() -> None:
+    assert busy_seconds([[0, 10], [5, 12], [20, 25], [21, 22]]) == 17
+    assert busy_seconds([]) == 0
 
 
 def test_bad_frames_are_quarantined_and_the_rest_labeled(
