@@ -61,7 +61,8 @@ def _block_credentials(name: str) -> tuple[str, str]:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(name).get()
+        block: Any = Secret.load(name)  # sync call outside an event loop
+        value = block.get()
     except ValueError as exc:
         raise LamflowError(f"no Prefect Secret block {name!r}: {exc}") from exc
     if not isinstance(value, dict) or not {"aws_access_key_id", "aws_secret_access_key"} <= set(
