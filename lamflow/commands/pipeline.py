@@ -318,9 +318,11 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"serving deployment nightly/lamflow-nightly on cron {cron!r} ({params.pipeline.timezone})"
     )
+    from prefect.schedules import Cron
+
     _flow_with_runner(nightly, None, params).serve(
         name="lamflow-nightly",
-        cron=cron,
+        schedules=[Cron(cron, timezone=params.pipeline.timezone)],
         parameters={"params_file": args.params, "overrides": args.set},
     )
     return 0
