@@ -320,11 +320,14 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from prefect.schedules import Cron
 
-    _flow_with_runner(nightly, None, params).serve(
-        name="lamflow-nightly",
-        schedules=[Cron(cron, timezone=params.pipeline.timezone)],
-        parameters={"params_file": args.params, "overrides": args.set},
-    )
+    from flows.nightly import shared_prefect_api
+
+    with shared_prefect_api():  # Dask workers of served runs report to the same API
+        _flow_with_runner(nightly, None, params).serve(
+            name="lamflow-nightly",
+            schedules=[Cron(cron, timezone=params.pipeline.timezone)],
+            parameters={"params_file": args.params, "overrides": args.set},
+        )
     return 0
 
 
