@@ -13,7 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lam.build import LamConfig
 from lam.errors import LamflowError
+from lam.train import TrainSettings
 
 DEFAULT_CAMVID = "../shared/data/camvid"
 
@@ -35,33 +37,44 @@ class DataParams(_Section):
     classes: str = ""  # classes.json URL; empty = `<camvid>/classes.json`
 
 
-class ModelParams(_Section):
-    """Architecture of the annotator (see lam.build.LamConfig)."""
+# Defaults come from the lam dataclasses themselves, so params.yaml and the library cannot drift
+# apart (tests/test_params.py also checks that every field is mirrored).
+_MODEL = LamConfig(classes={"classes": [{"name": "_"}]})
+_TRAIN = TrainSettings()
 
-    backbone: str = "efficientnet_lite0"
+
+class ModelParams(_Section):
+    """Architecture of the annotator (mirrors lam.build.LamConfig)."""
+
+    backbone: str = _MODEL.backbone
     backbone_options: dict[str, Any] = Field(default_factory=dict)
-    out_stride: int = Field(default=4, ge=1, le=32)
-    adapter_hidden: int = Field(default=0, ge=0)
-    adapter_relu: bool = False
-    use_prototypes: bool = True
-    optou_steps: int = Field(default=3, ge=0, le=20)
-    optou_radius: int = Field(default=2, ge=0, le=8)
-    optou_dilation: int = Field(default=1, ge=1, le=8)
-    optou_sigma: float = Field(default=0.1, gt=0)
+    out_stride: int = Field(default=_MODEL.out_stride, ge=1, le=32)
+    adapter_hidden: int = Field(default=_MODEL.adapter_hidden, ge=0)
+    adapter_relu: bool = _MODEL.adapter_relu
+    use_prototypes: bool = _MODEL.use_prototypes
+    optou_steps: int = Field(default=_MODEL.optou_steps, ge=0, le=20)
+    optou_radius: int = Field(default=_MODEL.optou_radius, ge=0, le=8)
+    optou_dilation: int = Field(default=_MODEL.optou_dilation, ge=1, le=8)
+    optou_sigma: float = Field(default=_MODEL.optou_sigma, gt=0)
 
 
 class TrainParams(_Section):
-    """Seed training (lam.train.TrainSettings)."""
+    """Seed training (mirrors lam.train.TrainSettings, plus the seed list)."""
 
     seeds: list[str] = Field(default_factory=list)  # seed frame stems; empty = select_seeds output
-    iterations: int = Field(default=300, ge=1)
-    lr: float = Field(default=0.01, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    batch_views: int = Field(default=4, ge=1)
-    scales: list[float] = Field(default_factory=lambda: [0.75, 1.0, 1.25])
-    hflip: bool = True
-    class_balance_power: float = Field(default=0.5, ge=0)
-    seed: int = 0
+    iterations: int = Field(default=_TRAIN.iterations, ge=1)
+    lr: float = Field(default=_TRAIN.lr, gt=0)
+    weight_decay: float = Field(default=_TRAIN.weight_decay, ge=0)
+    batch_views: int = Field(default=_TRAIN.batch_views, ge=1)
+    scales: list[float] = Field(default_factory=lambda: list(_TRAIN.scales), min_length=1)
+    hflip: bool = _TRAIN.hflip
+    class_balance_power: float = Field(default=_TRAIN.class_balance_power, ge=0)
+    seed: int = _TRAIN.seed
+    pixels_per_view: int = Field(default=_TRAIN.pixels_per_view, ge=1)
+    max_pixels: int = Field(default=_TRAIN.max_pixels, ge=1)
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    optou_iterations: int = Field(default=_TRAIN.optou_iterations, ge=0)
+    optou_lr: float = Field(default=_TRAIN.optou_lr, gt=0)
 
 
 class AnnotateParams(_Section):

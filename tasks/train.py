@@ -89,12 +89,11 @@ def train(
     lam_settings = TrainSettings(
         **{**settings.model_dump(exclude={"seeds"}), "scales": tuple(settings.scales)}
     )
-    bar = tqdm(
-        total=lam_settings.iterations, desc="train", unit="it", disable=not progress, leave=False
-    )
+    bar = tqdm(total=None, desc="train", unit="stage", disable=not progress, leave=False)
 
-    def _progress(it: int, total: int, loss: float) -> None:
-        bar.update(1)
+    def _progress(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
 
     started = time.perf_counter()
