@@ -56,16 +56,23 @@ def _image_size(data: bytes, name: str) -> tuple[int, int]:
     return image.shape[0], image.shape[1]
 
 
-def validate_prompts(images: str, prompts: str, classes: ClassList) -> list[str]:
+def validate_prompts(
+    images: str, prompts: str, classes: ClassList, allow_empty: bool = False
+) -> list[str]:
     """Parse every prompt file before any segmentation; returns the stems, in order.
 
-    Raises LamflowError naming the first bad file's frame, region, class and field.
+    Raises LamflowError naming the first bad file's frame, region, class and field, or when
+    there is no prompt file at all (unless `allow_empty`: a pipeline whose humans have not
+    prompted anything yet still runs, writing an empty seed-label folder).
     """
     frames = dict(list_images(images))
     stems = [
         n[: -len(".json")] for n in list_dir(prompts) if n.endswith(".json") and n != "classes.json"
     ]
     if not stems:
+        if allow_empty:
+            log.warning("no prompt files (STEM.json) in %s: no seed masks to make", prompts)
+            return []
         raise LamflowError(f"no prompt files (STEM.json) in {prompts}")
     for stem in stems:
         if stem not in frames:
@@ -82,6 +89,7 @@ def seed_masks(
     params: SeedMasksParams | None = None,
     progress: bool = True,
     classes: str | None = None,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
     """Segment every prompted seed frame and write its seed label PNG.
 
@@ -91,13 +99,17 @@ def seed_masks(
         out: URL of the output folder (STEM.png class ids + records/STEM.json).
         params: the `seed_masks` section of params.yaml.
         classes: URL of classes.json; None = `prompts/classes.json`.
+        allow_empty: a prompts folder without prompt files is not an error (see
+            `validate_prompts`); the output folder is still created.
     Returns:
         a summary: frames written / skipped, backend, seconds, per-frame labelled fraction.
     """
     params = params or SeedMasksParams()
     started = time.perf_counter()
     class_list = load_classes(classes or join(prompts, "classes.json"))
-    stems = validate_prompts(images, prompts, class_list)  # fail fast, before loading models
+    stems = validate_prompts(images, prompts, class_list, allow_empty)  # fail fast
+    if not stems:
+        write_text_atomic(join(out, "records", "README.txt"), "no prompt files yet\n")
     frames = dict(list_images(images))
     segmenter: PromptSegmenter | None = None
     written, skipped, coverage = [], [], {}

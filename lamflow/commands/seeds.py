@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("seed-masks", help="turn prompt files (clicks/boxes/...) into seed masks")
     p.add_argument("--images", required=True, help="folder (URL) of frames")
     p.add_argument("--prompts", required=True, help="folder of prompt files STEM.json")
+    p.add_argument(
+        "--allow-empty", action="store_true", help="no prompt files yet is not an error (pipelines)"
+    )
     p.add_argument("--out", required=True, help="folder for seed label PNGs")
     p.add_argument("--classes", default=None, help="classes.json (default: PROMPTS/classes.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
@@ -82,7 +85,13 @@ def _seed_masks(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.set).seed_masks
     summary = seed_masks(
-        args.images, args.prompts, args.out, params, not args.no_progress, classes=args.classes
+        args.images,
+        args.prompts,
+        args.out,
+        params,
+        not args.no_progress,
+        classes=args.classes,
+        allow_empty=args.allow_empty,
     )
     print(json.dumps(summary))
     return 0

@@ -244,3 +244,25 @@ def test_qc_flagged_frames_are_exported(scene_folder: Path) -> None:
     assert out["frames"] == ["drive1_0001", "drive1_0004"]
     tasks = json.loads((d / "t.json").read_text())
     assert [t["data"]["frame"] for t in tasks] == ["drive1_0001", "drive1_0004"]
+
+
+def test_seed_masks_without_prompts_fails_unless_allowed(scene_folder: Path, capsys) -> None:
+    """A pipeline whose humans have not prompted yet runs (--allow-empty); a person is told."""
+    prompts = scene_folder / "prompts"
+    prompts.mkdir()
+    base = [
+        "seed-masks",
+        "--images",
+        str(scene_folder / "images"),
+        "--prompts",
+        str(prompts),
+        "--classes",
+        str(scene_folder / "classes.json"),
+        "--out",
+        str(scene_folder / "sm"),
+    ]
+    assert main(base) == 2
+    assert "no prompt files" in capsys.readouterr().err
+    assert main([*base, "--allow-empty", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == []
+    assert (scene_folder / "sm" / "records").is_dir()
