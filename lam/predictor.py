@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from lam.errors import LamflowError
+from lam.modeling.backbone import inference_backbone
 from lam.modeling.lam import LabelAnythingModel
 
 
@@ -36,16 +37,22 @@ def pick_device(device: str = "auto") -> torch.device:
         raise LamflowError(f"unknown device {device!r}: {exc}") from exc
 
 
-def label_and_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def label_and_confidence(
+    logits: torch.Tensor, inplace: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) float logits -> (label (B, H, W) uint8, confidence (B, H, W) uint8).
 
-    Confidence is the max softmax probability, computed as exp(max - logsumexp) so the full
-    (B, C, H, W) probability tensor is never materialised.
+    Confidence is the max softmax probability, 1 / sum_c exp(z_c - max): no second max pass
+    and no log, as logsumexp would need. With `inplace` (float32 logits the caller no longer
+    needs) the exponentials overwrite `logits` instead of a copy of it.
     """
-    logits = logits.float()
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    elif not inplace:
+        logits = logits.clone()
     top, label = logits.max(dim=1)
-    conf = torch.exp(top - torch.logsumexp(logits, dim=1))
-    conf_u8 = (conf * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    total = logits.sub_(top.unsqueeze(1)).exp_().sum(dim=1)
+    conf_u8 = total.reciprocal_().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return label.to(torch.uint8), conf_u8
 
 
@@ -63,6 +70,11 @@ class Annotator:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.model.backbone.to(memory_format=torch.channels_last)
+        # Frozen-backbone copy with BatchNorm, activations and normalisation folded into the
+        # convolutions (same taps to float rounding); the model itself is left untouched.
+        self.backbone = inference_backbone(self.model.backbone).to(
+            self.device, memory_format=torch.channels_last
+        )
         self.batch_size = max(1, int(batch_size))
         if self.device.type == "cpu":
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -70,9 +82,16 @@ class Annotator:
                 torch.set_num_threads(cores)
 
     @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) uint8 on self.device -> the backbone taps, as model.extract gives them."""
+        taps = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        return [t.contiguous() for t in taps]
+
+    @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 -> (B, C, H, W) float logits at full resolution."""
-        out = self.model(images.to(self.device))
+        images = images.to(self.device)
+        out = self.model.head(self.features(images), images)
         return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.inference_mode()
@@ -82,7 +101,7 @@ class Annotator:
         if len(shapes) != 1:
             raise LamflowError(f"predict_batch needs frames of one size, got {sorted(shapes)}")
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        label, conf = label_and_confidence(self.logits(batch))
+        label, conf = label_and_confidence(self.logits(batch), inplace=True)
         label_u8, conf_u8 = label.cpu().numpy(), conf.cpu().numpy()
         return [Prediction(label=lb, confidence=cf) for lb, cf in zip(label_u8, conf_u8)]
 

@@ -62,8 +62,35 @@ def test_dinov2_directory_with_padding(tmp_path: Path):
 
 
 # ImageNet classes a street scene plausibly shows (cab, streetcar, traffic light, ...).
-STREET_CLASSES = {407, 436, 468, 511, 569, 575, 581, 627, 654, 656, 661, 671, 675, 705, 717,
-                  734, 751, 757, 779, 817, 829, 864, 867, 874, 880, 919, 920}
+STREET_CLASSES = {
+    407,
+    436,
+    468,
+    511,
+    569,
+    575,
+    581,
+    627,
+    654,
+    656,
+    661,
+    671,
+    675,
+    705,
+    717,
+    734,
+    751,
+    757,
+    779,
+    817,
+    829,
+    864,
+    867,
+    874,
+    880,
+    919,
+    920,
+}
 
 
 def test_efficientnet_lite0_weights_recognise_a_street(camvid: Path):
@@ -95,3 +122,29 @@ def test_bad_backbone_options_name_the_problem(tmp_path: Path):
         build_backbone("transformers", {"path": str(tmp_path / "missing")})
     with pytest.raises(LamflowError, match="bad backbone_options"):
         build_backbone("efficientnet_lite0", {"no_such_option": 1})
+
+
+@pytest.mark.parametrize("size", [(72, 96), (45, 61), (360, 480)])
+def test_inference_backbone_matches_the_timm_forward(size: tuple[int, int]):
+    """BatchNorm, ReLU6, 'SAME' padding and normalisation folded: the same taps to ~1e-4."""
+    from lam.modeling.backbone import SamePadConv2d, inference_backbone
+
+    backbone = build_backbone("efficientnet_lite0").eval()
+    fast = inference_backbone(backbone)
+    assert fast.normalization_folded and not backbone.normalization_folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, SamePadConv2d) and m.clamp for m in fast.modules())
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
+    with torch.inference_mode():
+        want = backbone(images)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            got = fast(images.contiguous(memory_format=memory_format))
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                scale = w.abs().max().clamp_min(1.0)
+                assert float((g - w).abs().max() / scale) < 1e-4
+    # The original module is untouched (its state dict still loads into a fresh backbone).
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    build_backbone("efficientnet_lite0").load_state_dict(backbone.state_dict())

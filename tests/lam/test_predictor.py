@@ -1,0 +1,52 @@
+"""The fast inference path labels frames as the plain model forward does."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from lam.build import LamConfig, build_lam
+from lam.predictor import Annotator, label_and_confidence
+
+
+def _reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    top, label = logits.max(dim=1)
+    conf = torch.exp(top - torch.logsumexp(logits, dim=1))
+    return label.to(torch.uint8), (conf * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def test_label_and_confidence_matches_logsumexp_and_keeps_its_input():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 33, 41) * 4
+    before = logits.clone()
+    label, conf = label_and_confidence(logits)
+    assert torch.equal(logits, before)
+    want_label, want_conf = _reference(before)
+    assert torch.equal(label, want_label)
+    assert int((conf.int() - want_conf.int()).abs().max()) <= 1
+    label2, conf2 = label_and_confidence(logits.clone(), inplace=True)
+    assert torch.equal(label2, label) and torch.equal(conf2, conf)
+
+
+def test_annotator_matches_the_plain_model_forward():
+    torch.manual_seed(0)
+    model = build_lam(LamConfig(classes=[{"name": n} for n in "abcd"])).eval()
+    with torch.no_grad():
+        model.adapter.apply(
+            lambda m: [torch.nn.init.normal_(p, std=0.5) for p in m.parameters(recurse=False)]
+        )
+    annotator = Annotator(model, device="cpu", batch_size=2)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
+    preds = annotator.predict(frames)
+    with torch.inference_mode():
+        batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+        logits = F.interpolate(model(batch), size=(90, 120), mode="bilinear", align_corners=False)
+        want_label, want_conf = _reference(logits)
+    label = np.stack([p.label for p in preds])
+    conf = np.stack([p.confidence for p in preds])
+    assert (label != want_label.numpy()).mean() < 0.005
+    assert np.abs(conf.astype(int) - want_conf.numpy().astype(int)).max() <= 2
+    # The model keeps its own (unfolded) backbone: training and saving see no change.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
