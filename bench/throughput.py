@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, len(decoded), args.batch)
     ]
 
+    def decode(blob: bytes) -> np.ndarray:
+        return np.array(Image.open(io.BytesIO(blob)).convert("RGB"))
+
+    def encode(pred) -> None:  # noqa: ANN001
+        _png(pred.label)
+        _png(pred.confidence)
+
     def annotate_pass() -> None:
-        for s in range(0, len(blobs), args.batch):
-            frames = [
-                np.array(Image.open(io.BytesIO(b)).convert("RGB"))
-                for b in blobs[s : s + args.batch]
-            ]
-            for pred in annotator.predict(frames):
-                _png(pred.label)
-                _png(pred.confidence)
+        # As tasks/annotate.py runs it: reads and decodes prefetched by a 2-thread I/O pool,
+        # batches of frames through the model, PNG encodes handed to the same pool.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            frames = pool.map(decode, blobs)
+            pending = []
+            batch: list[np.ndarray] = []
+            for frame in frames:
+                batch.append(frame)
+                if len(batch) == args.batch:
+                    pending += [pool.submit(encode, p) for p in annotator.predict(batch)]
+                    batch = []
+            if batch:
+                pending += [pool.submit(encode, p) for p in annotator.predict(batch)]
+            for fut in pending:
+                fut.result()
 
     def backbone_pass() -> None:
         with torch.inference_mode():
