@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -99,6 +101,19 @@ def _load(item: tuple[str, str]) -> tuple[str, bytes | None, str]:
         return stem, read_bytes(url), ""
     except (OSError, FileNotFoundError) as exc:
         return stem, None, f"unreadable: {exc}"
+
+
+def _prefetch(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], depth: int
+) -> Iterator[Any]:
+    """pool.map(fn, items) in order, but with at most `depth` items in flight or waiting."""
+    it = iter(items)
+    window: deque = deque(pool.submit(fn, item) for item in islice(it, max(1, depth)))
+    while window:
+        head = window.popleft()
+        for item in islice(it, 1):
+            window.append(pool.submit(fn, item))
+        yield head.result()
 
 
 def _stats(pred: Prediction, names: list[str]) -> dict[str, Any]:
@@ -185,8 +200,25 @@ def annotate(
         )
         write_bytes_atomic(_record_url(out, stem), json.dumps(asdict(rec)).encode())
 
+    def _prepare(item: tuple[str, str]) -> tuple[str, str, np.ndarray | None, str]:
+        """Read, hash, skip check and decode of one frame, in the I/O pool (off the model's
+        thread). -> (stem, sha, image, outcome) with outcome "" (image ready), "skip", or the
+        reason to quarantine."""
+        stem, data, error = _load(item)
+        if data is None:
+            return stem, "", None, error
+        sha = sha256_bytes(data)
+        if params.skip_existing and _is_done(out, stem, sha, config.version):
+            return stem, sha, None, "skip"
+        try:
+            return stem, sha, decode_image(data, stem), ""
+        except LamflowError as exc:
+            return stem, sha, None, str(exc) or "undecodable"
+
     with ThreadPoolExecutor(max_workers=2) as io_pool:
-        loaded = io_pool.map(_load, frames)  # prefetches reads while the model runs
+        # Prefetches reads and decodes while the model runs (a bounded window: decoded
+        # frames are ~10x their JPEG bytes, a whole drop must never sit in memory).
+        loaded = _prefetch(io_pool, _prepare, frames, depth=2 * params.batch_size + 2)
         pending_writes = []
         batch: list[tuple[str, str, np.ndarray]] = []
         idx = 0
@@ -205,20 +237,13 @@ def annotate(
             bar.update(len(batch))
             batch.clear()
 
-        for stem, data, error in loaded:
-            if data is None:
-                _quarantine(stem, "", error)
-                bar.update(1)
-                continue
-            sha = sha256_bytes(data)
-            if params.skip_existing and _is_done(out, stem, sha, config.version):
+        for stem, sha, image, outcome in loaded:
+            if outcome == "skip":
                 skipped += 1
                 bar.update(1)
                 continue
-            try:
-                image = decode_image(data, stem)
-            except LamflowError as exc:
-                _quarantine(stem, sha, str(exc))
+            if image is None:
+                _quarantine(stem, sha, outcome)
                 bar.update(1)
                 continue
             if batch and batch[0][2].shape != image.shape:
