@@ -92,4 +92,5 @@ def overlay(
 
 def resize_label(label: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an (H, W) id map to (h, w) so ids are never blended."""
-    return np.asarray(Image.fromarray(label).resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST))
+    resized = Image.fromarray(label).resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)
+    return np.asarray(resized)

