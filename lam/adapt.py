@@ -29,6 +29,7 @@ class AdaptSettings:
     min_confidence: float = 0.5  # and never a pixel whose max softmax is below this
     pseudo_weight: float = 0.5  # weight of a pseudo-labelled pixel relative to a seed pixel
     pixels_per_frame: int = 2000
+    rounds: int = 1  # label -> refit rounds (each round relabels with the refitted head)
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
@@ -107,12 +108,6 @@ def adapt_to_frames(
     chosen = [frames[int(i)] for i in pick]
     blank = [np.full(f.shape[:2], ignore_index, dtype=np.uint8) for f in chosen]
     frame_views = build_views(model, chosen, blank)
-    pseudo = pseudo_labels(
-        model, frame_views, ignore_index, settings.keep_fraction, settings.min_confidence
-    )
-    for view, lab in zip(frame_views, pseudo):
-        view.full_label = lab
-        view.label = F.interpolate(lab[:, None].float(), size=view.label.shape[-2:])[:, 0].long()
     ts = settings.train
     seed_views = build_views(model, seed_images, seed_labels, ts.scales, ts.hflip)
     views = seed_views + frame_views
@@ -120,10 +115,18 @@ def adapt_to_frames(
     per_view = [ts.pixels_per_view] * len(seed_views) + [settings.pixels_per_frame] * len(
         frame_views
     )
-    t0 = time.perf_counter()
-    losses, counts = fit_head_on_views(
-        model, views, ignore_index, ts, view_weights=weights, view_pixels=per_view
-    )
+    for _ in range(max(1, settings.rounds)):
+        pseudo = pseudo_labels(
+            model, frame_views, ignore_index, settings.keep_fraction, settings.min_confidence
+        )
+        for view, lab in zip(frame_views, pseudo):
+            view.full_label = lab
+            size = view.label.shape[-2:]
+            view.label = F.interpolate(lab[:, None].float(), size=size)[:, 0].long()
+        t0 = time.perf_counter()
+        losses, counts = fit_head_on_views(
+            model, views, ignore_index, ts, view_weights=weights, view_pixels=per_view
+        )
     n_pseudo = int(sum(int((p != ignore_index).sum()) for p in pseudo))
     pseudo_counts = torch.zeros(model.num_classes, dtype=torch.long)
     for p in pseudo:

@@ -57,8 +57,9 @@ class LamConfig:
     backbone: str = "efficientnet_lite0"
     backbone_options: dict[str, Any] = field(default_factory=dict)
     out_stride: int = 4
-    adapter_hidden: int = 0
+    adapter_hidden: int = 128  # hidden ReLU units of the adapter (0 = linear)
     adapter_relu: bool = False
+    adapter_pos_bumps: int = 0  # Gaussian bumps of the row coordinate fed to the adapter
     use_prototypes: bool = False
     optou_steps: int = 3
     optou_radius: int = 1
@@ -171,6 +172,7 @@ def build_lam(config: LamConfig, backbone: Backbone | None = None) -> LabelAnyth
         classes.num_classes,
         hidden=config.adapter_hidden,
         relu=config.adapter_relu,
+        pos_bumps=config.adapter_pos_bumps,
     )
     optou = OptOU(
         steps=config.optou_steps,

@@ -39,8 +39,8 @@ class TrainSettings:
     hflip: bool = True
     class_balance_power: float = 0.5  # weight_c = (median_freq / freq_c) ** power; 0 = unweighted
     seed: int = 0
-    pixels_per_view: int = 4000  # labelled pixels sampled per view for the adapter fit
-    max_pixels: int = 48000  # cap on all sampled pixels (per-view budget shrinks to fit)
+    pixels_per_view: int = 8000  # labelled pixels sampled per view for the adapter fit
+    max_pixels: int = 120000  # cap on all sampled pixels (per-view budget shrinks to fit)
     optimizer: str = "lbfgs"  # "lbfgs" or "adam"
     optou_iterations: int = 20  # Adam steps on OptOU's scalars (0 = keep their init)
     optou_lr: float = 0.05
@@ -160,7 +160,7 @@ def build_views(
 
 
 def _sample_pixels(
-    views: Sequence[View], per_view: int, ignore: int, gen: torch.Generator
+    views: Sequence[View], per_view: int, ignore: int, gen: torch.Generator, pos_bumps: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D) float32 and ids (N,) int64 at up to `per_view` labelled pixels per view."""
     feats, ids = [], []
@@ -171,7 +171,7 @@ def _sample_pixels(
             continue
         pick = torch.randperm(len(ys), generator=gen)[:per_view]
         points = torch.stack([ys[pick], xs[pick]], 1).float()
-        feats.append(pixel_features(view.taps, points, tuple(lab.shape)))
+        feats.append(pixel_features(view.taps, points, tuple(lab.shape), pos_bumps))
         ids.append(lab[ys[pick], xs[pick]])
     if not feats:
         raise LamflowError("labels contain no labelled pixel (all void)")
@@ -264,7 +264,7 @@ def _fit_optou(
         loss = total / len(batch)
         loss.backward()
         optim.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -302,7 +302,7 @@ def fit_head_on_views(
         if not (view.full_label != ignore_index).any():
             continue
         budget = max(1, int(budgets[i] * shrink))
-        f, y = _sample_pixels([view], budget, ignore_index, gen)
+        f, y = _sample_pixels([view], budget, ignore_index, gen, model.adapter.pos_bumps)
         feats.append(f)
         ids.append(y.clamp(0, c - 1))
         w = 1.0 if view_weights is None else float(view_weights[i])

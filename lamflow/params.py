@@ -51,6 +51,7 @@ class ModelParams(_Section):
     out_stride: int = Field(default=_MODEL.out_stride, ge=1, le=32)
     adapter_hidden: int = Field(default=_MODEL.adapter_hidden, ge=0)
     adapter_relu: bool = _MODEL.adapter_relu
+    adapter_pos_bumps: int = Field(default=_MODEL.adapter_pos_bumps, ge=0)
     use_prototypes: bool = _MODEL.use_prototypes
     optou_steps: int = Field(default=_MODEL.optou_steps, ge=0, le=20)
     optou_radius: int = Field(default=_MODEL.optou_radius, ge=0, le=8)

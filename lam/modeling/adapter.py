@@ -29,10 +29,15 @@ class SemanticClassAdapter(nn.Module):
         hidden: int = 0,
         relu: bool = False,
         dropout: float = 0.0,
+        pos_bumps: int = 0,
     ) -> None:
         super().__init__()
         out = hidden if hidden > 0 else num_classes
         self.channels = tuple(int(c) for c in channels)
+        self.pos_bumps = int(pos_bumps)
+        # Learned per-output function of the normalised row (sky on top, road below): weights
+        # on `pos_bumps` fixed Gaussian bumps of y in [0, 1]. Cheap: one (out, h) add per frame.
+        self.pos_weight = nn.Parameter(torch.zeros(out, self.pos_bumps)) if pos_bumps else None
         self.proj = nn.ModuleList(nn.Conv2d(c, out, 1, bias=False) for c in channels)
         self.bias = nn.Parameter(torch.zeros(out))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
@@ -56,16 +61,29 @@ class SemanticClassAdapter(nn.Module):
         if total is None:
             raise ValueError("adapter needs at least one tap")
         logits = total + self.bias.view(1, -1, 1, 1).to(total.dtype)
+        if self.pos_weight is not None:
+            rows = (torch.arange(size[0], device=total.device, dtype=torch.float32) + 0.5) / size[0]
+            pos = self.pos_weight @ row_basis(rows, self.pos_bumps).T  # (out, h)
+            logits = logits + pos.to(total.dtype)[None, :, :, None]
         if self.hidden is not None:
             logits = self.hidden(F.relu(logits))
         return F.relu(logits) if self.relu else logits
 
+    def point_features(
+        self, taps: list[torch.Tensor], points: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """`pixel_features` plus this adapter's positional basis: (N, sum(channels) + bumps)."""
+        return pixel_features(taps, points, image_size, self.pos_bumps)
+
     def forward_points(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits at sampled pixels: (N, sum(channels)) from `pixel_features` -> (N, C).
+        """Logits at sampled pixels: (N, sum(channels) [+ pos_bumps]) from `point_features`.
 
         Equal to `forward` read at those pixels (up to where the bilinear resize happens).
         """
-        weight = torch.cat([p.weight.flatten(1) for p in self.proj], dim=1)  # (out, D)
+        weights = [p.weight.flatten(1) for p in self.proj]
+        if self.pos_weight is not None:
+            weights.append(self.pos_weight)
+        weight = torch.cat(weights, dim=1)  # (out, D)
         logits = features @ weight.T + self.bias
         if self.hidden is not None:
             logits = F.relu(logits) @ self.hidden.weight.flatten(1).T + self.hidden.bias
@@ -76,18 +94,27 @@ class SemanticClassAdapter(nn.Module):
         """Write a fitted linear model: weight (sum(channels), C), bias (C,) float."""
         if not self.is_linear:
             raise ValueError("set_linear needs a linear adapter (hidden=0, relu=False)")
-        expected = (sum(self.channels), self.num_classes)
+        expected = (sum(self.channels) + self.pos_bumps, self.num_classes)
         if tuple(weight.shape) != expected:
             raise ValueError(f"weight shape {tuple(weight.shape)} != expected {expected}")
         offset = 0
         for c, proj in zip(self.channels, self.proj):
             proj.weight.copy_(weight[offset : offset + c].T.reshape(-1, c, 1, 1))
             offset += c
+        if self.pos_weight is not None:
+            self.pos_weight.copy_(weight[offset:].T)
         self.bias.copy_(bias)
 
 
+def row_basis(rows: torch.Tensor, bumps: int) -> torch.Tensor:
+    """(N,) normalised row coordinates in [0, 1] -> (N, bumps) Gaussian bumps spanning [0, 1]."""
+    centres = torch.linspace(0.0, 1.0, bumps, device=rows.device)
+    width = 1.0 / max(1, bumps - 1)
+    return torch.exp(-0.5 * ((rows[:, None].float() - centres) / width) ** 2)
+
+
 def pixel_features(
-    taps: list[torch.Tensor], points: torch.Tensor, image_size: tuple[int, int]
+    taps: list[torch.Tensor], points: torch.Tensor, image_size: tuple[int, int], pos_bumps: int = 0
 ) -> torch.Tensor:
     """Concatenated L2-normalised taps sampled bilinearly at pixel centres.
 
@@ -95,8 +122,9 @@ def pixel_features(
         taps: list of (1, channels[i], h_i, w_i) float features of one frame.
         points: (N, 2) float (y, x) pixel coordinates in the full-resolution frame.
         image_size: (H, W) of that frame.
+        pos_bumps: if > 0, append that many Gaussian bumps of the normalised row (`row_basis`).
     Returns:
-        (N, sum(channels)) float32, the same features the adapter's 1x1 convs see there.
+        (N, sum(channels) [+ pos_bumps]) float32, the features the adapter sees there.
     """
     h, w = image_size
     gy = (points[:, 0] + 0.5) / h * 2 - 1
@@ -110,4 +138,6 @@ def pixel_features(
                 0, :, 0
             ].T
         )
+    if pos_bumps:
+        out.append(row_basis((points[:, 0] + 0.5) / h, pos_bumps))
     return torch.cat(out, dim=1)

@@ -70,3 +70,16 @@ def test_bad_inputs_are_refused(tiny_backbone, tiny_classes):
         train_head(model, [image], [label[:10]], 255, FAST)
     with pytest.raises(LamflowError):
         train_head(model, [image], [np.full_like(label, 255)], 255, FAST)
+
+
+def test_positional_bumps_match_dense_adapter(tiny_backbone, tiny_classes):
+    config = LamConfig(classes=tiny_classes, adapter_hidden=0, adapter_pos_bumps=4)
+    model = build_lam(config, backbone=tiny_backbone)
+    image = torch.randint(0, 255, (1, 3, 32, 48), dtype=torch.uint8)
+    taps = model.extract(image)
+    torch.nn.init.normal_(model.adapter.proj[0].weight)
+    torch.nn.init.normal_(model.adapter.pos_weight)
+    dense = model.adapter(taps, (32, 48))
+    points = torch.tensor([[5.0, 7.0], [20.0, 30.0]])
+    sparse = model.adapter.forward_points(model.adapter.point_features(taps, points, (32, 48)))
+    assert torch.allclose(sparse, dense[0][:, [5, 20], [7, 30]].T, atol=1e-4)
