@@ -145,17 +145,17 @@ def build_views(
         raise LamflowError(
             f"need matching, non-empty images and labels, got {len(images)}/{len(labels)}"
         )
-    for i, (im, lb) in enumerate(zip(images, labels)):
-        if im.shape[:2] != lb.shape:
+    for i, (frame, frame_label) in enumerate(zip(images, labels)):
+        if frame.shape[:2] != frame_label.shape:
             raise LamflowError(
-                f"frame {i}: label size {lb.shape} differs from frame {im.shape[:2]}"
+                f"frame {i}: label size {frame_label.shape} differs from frame {frame.shape[:2]}"
             )
     views: list[View] = []
     for image, label in zip(images, labels):
-        for im, lb in _augmented_views(image, label, scales, hflip):
+        for im, lab in _augmented_views(image, label, scales, hflip):
             taps = model.extract(im)
             size = model.out_size(tuple(im.shape[-2:]))
-            views.append(View(taps, im, lb, _downsample_label(lb, size)))
+            views.append(View(taps, im, lab, _downsample_label(lab, size)))
     return views
 
 
@@ -220,12 +220,12 @@ def _fit_adapter(
 
         optim.step(closure)
     elif settings.optimizer == "adam":
-        optim = torch.optim.Adam(params, lr=settings.lr)
+        adam = torch.optim.Adam(params, lr=settings.lr)
         for _ in range(settings.iterations):
-            optim.zero_grad()
+            adam.zero_grad()
             loss = objective()
             loss.backward()
-            optim.step()
+            adam.step()
             losses.append(float(loss.detach()))
     else:
         raise LamflowError(f"unknown optimizer {settings.optimizer!r}; known: 'lbfgs', 'adam'")

@@ -355,10 +355,8 @@ _POINTWISE_CONV = _pointwise_conv_op()
 def _replace_convs(module: nn.Module) -> int:
     """Swap timm's dynamic-pad Conv2dSame (and plain convs) for SamePadConv2d in `module`,
     fusing a ReLU/ReLU6 that directly follows a conv into it."""
-    try:
-        from timm.layers import Conv2dSame
-    except ImportError:  # pragma: no cover
-        Conv2dSame = None  # noqa: N806
+    from timm.layers import Conv2dSame
+
     swapped = 0
     for parent in list(module.modules()):
         names = list(parent._modules)
