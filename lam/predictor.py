@@ -76,7 +76,10 @@ class Annotator:
             self.device, memory_format=torch.channels_last
         )
         self.batch_size = max(1, int(batch_size))
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and not os.environ.get("LAMFLOW_TORCH_THREADS"):
+            # torch may count the host's cores, not the ones this process may use. A process that
+            # shares the machine (a Dask worker: LAMFLOW_TORCH_THREADS) keeps its own setting:
+            # overriding it would oversubscribe the cores.
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
             if cores and torch.get_num_threads() != cores:
                 torch.set_num_threads(cores)

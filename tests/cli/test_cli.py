@@ -37,6 +37,12 @@ def _train(folder: Path, out: Path, seeds=("drive1_0000",), extra=()) -> int:
     )
 
 
+def _annotate(model: Path | str, images: Path | str, out: Path | str, *extra: str) -> int:
+    return main(
+        ["annotate", "--model", str(model), "--images", str(images), "--out", str(out), *extra]
+    )
+
+
 @pytest.fixture()
 def model_dir(scene_folder: Path, tmp_path: Path) -> Path:
     out = tmp_path / "model"
@@ -52,22 +58,7 @@ def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: 
         and len(report["seeds"][0]["image_sha256"]) == 64
     )
     out = tmp_path / "ann"
-    assert (
-        main(
-            [
-                "annotate",
-                "--model",
-                str(model_dir),
-                "--images",
-                str(scene_folder / "images"),
-                "--out",
-                str(out),
-                "--overlays",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert _annotate(model_dir, str(scene_folder / "images"), str(out), "--overlays", "2") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["labeled"] == 6 and summary["quarantined"] == []
     for stem in [f"drive1_{i:04d}" for i in range(6)]:
@@ -103,20 +94,7 @@ def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: 
     assert set(scores["per_class"]) == {"sky", "road", "car"}
 
     # a re-run skips every finished frame and writes nothing twice
-    assert (
-        main(
-            [
-                "annotate",
-                "--model",
-                str(model_dir),
-                "--images",
-                str(scene_folder / "images"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _annotate(model_dir, str(scene_folder / "images"), str(out)) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["skipped"] == 6 and again["labeled"] == 0
 
@@ -124,36 +102,10 @@ def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: 
 def test_annotate_never_reads_labels(scene_folder: Path, model_dir: Path, tmp_path: Path):
     """Leakage test: predictions are byte-identical with and without the label folder."""
     with_labels = tmp_path / "a"
-    assert (
-        main(
-            [
-                "annotate",
-                "--model",
-                str(model_dir),
-                "--images",
-                str(scene_folder / "images"),
-                "--out",
-                str(with_labels),
-            ]
-        )
-        == 0
-    )
+    assert _annotate(model_dir, str(scene_folder / "images"), str(with_labels)) == 0
     shutil.rmtree(scene_folder / "labels")
     without = tmp_path / "b"
-    assert (
-        main(
-            [
-                "annotate",
-                "--model",
-                str(model_dir),
-                "--images",
-                str(scene_folder / "images"),
-                "--out",
-                str(without),
-            ]
-        )
-        == 0
-    )
+    assert _annotate(model_dir, str(scene_folder / "images"), str(without)) == 0
     for png in (with_labels / "labels").glob("*.png"):
         assert png.read_bytes() == (without / "labels" / png.name).read_bytes()
         assert (with_labels / "confidence" / png.name).read_bytes() == (
@@ -170,10 +122,7 @@ def test_corrupt_frames_are_quarantined_and_the_rest_labeled(
     (images / "drive1_9991.jpg").write_bytes(b"")  # empty
     (images / "drive1_9992.png").write_bytes(b"not an image at all")
     out = tmp_path / "ann"
-    assert (
-        main(["annotate", "--model", str(model_dir), "--images", str(images), "--out", str(out)])
-        == 0
-    )
+    assert _annotate(model_dir, str(images), str(out)) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["labeled"] == 6
@@ -232,27 +181,9 @@ def test_train_errors_are_one_line(scene_folder: Path, tmp_path: Path, capsys):
 def test_annotate_and_evaluate_errors(scene_folder: Path, model_dir: Path, tmp_path: Path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert (
-        main(
-            [
-                "annotate",
-                "--model",
-                str(model_dir),
-                "--images",
-                str(empty),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert _annotate(model_dir, str(empty), str(tmp_path / "o")) == 2
     assert "no frames" in _error(capsys)
-    assert (
-        main(
-            ["annotate", "--model", str(tmp_path / "nomodel"), "--images", str(empty), "--out", "x"]
-        )
-        == 2
-    )
+    assert _annotate(tmp_path / "nomodel", str(empty), "x") == 2
     assert "no model at" in _error(capsys)
     assert (
         main(
@@ -320,20 +251,7 @@ def test_end_to_end_on_camvid(camvid: Path, tmp_path: Path, capsys):
         )
         == 0
     )
-    assert (
-        main(
-            [
-                "annotate",
-                "--model",
-                str(model),
-                "--images",
-                str(frames / "images"),
-                "--out",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 0
-    )
+    assert _annotate(model, str(frames / "images"), str(tmp_path / "out")) == 0
     capsys.readouterr()
     assert (
         main(
