@@ -89,9 +89,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_SEEDS = ("0006R0_f01830", "0006R0_f02640", "0001TP_007260", "0006R0_f03390", "0001TP_008190")
-
-
 def _demo(args: argparse.Namespace) -> int:
     from lamflow.params import default_camvid
     from tasks.annotate import annotate
@@ -107,7 +104,10 @@ def _demo(args: argparse.Namespace) -> int:
         )
         return 2
     out = Path(args.out)
-    seeds = args.seeds or list(DEMO_SEEDS)
+    seeds = args.seeds or params.train.seeds  # one seed list: params.yaml's train.seeds
+    if not seeds:
+        print("lamflow: error: no seeds: pass --seeds or set train.seeds", file=sys.stderr)
+        return 2
     print(
         f"[1/3] training on {len(seeds)} seed frame(s) from drives other than val's: "
         f"{' '.join(seeds)}",
