@@ -1,15 +1,16 @@
 """Benchmark the nightly flow against the `annotate` CLI on the same drop.
 
-A drop of `--frames` frames (CamVid val frames repeated under new names) goes once through
-`lamflow annotate` (one process, the baseline) and once through the nightly flow (ingest,
-sharded annotate on a Dask LocalCluster, QC, export). Reported:
+A drop of `--frames` frames (CamVid val frames repeated under new names) goes through
+`lamflow annotate` (one process, the baseline) and through the nightly flow (ingest, sharded
+annotate on a Dask LocalCluster, QC, export), `--repeats` times each, back to back in
+alternating order. Reported (medians over the repeats, and each run):
     total seconds, frames/s of both, throughput ratio (target >= 0.85), and
     orchestration overhead = 1 - (annotate compute time / flow wall time) (target <= 10%),
 where annotate compute time = the time at least one shard was inside `annotate` (the union of
 the shards' intervals), so ingest, QC, export, scheduling and start-up count as overhead.
 The model is trained once beforehand (not timed); the Prefect API start-up is not timed.
 
-    .venv/bin/python bench/pipeline.py --frames 1000 --workers 2
+    .venv/bin/python bench/pipeline.py --frames 1000            # workers: one per 4 cores
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -49,18 +51,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--camvid", default=default_camvid())
     parser.add_argument("--frames", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2, help="Dask LocalCluster workers")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="Dask LocalCluster workers (0 = one per 4 cores)"
+    )
     parser.add_argument(
         "--shard-size",
         type=int,
         default=0,
         help="0 = params annotate.shard_size, capped so that every worker gets at least two shards",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="baseline/flow pairs; the medians are reported"
+    )
     parser.add_argument("--iterations", type=int, default=100, help="training iterations (untimed)")
     parser.add_argument("--out", default="outputs/bench/pipeline")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
+    from flows.nightly import auto_workers
+
+    args.workers = args.workers or auto_workers()
     camvid = Path(args.camvid)
     if not (camvid / "classes.json").exists():
         print(f"CamVid not found at {camvid} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
@@ -80,59 +90,75 @@ def main() -> int:
     shard_size = min(shard_size, max(1, -(-args.frames // (2 * args.workers))))
     overrides.append(f"annotate.shard_size={shard_size}")
     params = load_params(args.params, overrides)
-    print(f"[1/4] building a {args.frames}-frame drop under {root}", file=sys.stderr)
+    print(f"building a {args.frames}-frame drop under {root}", file=sys.stderr)
     build_drop(camvid, root, args.frames)
 
     from tasks.models import ensure_model
 
-    print("[2/4] training the model (not timed)", file=sys.stderr)
+    print("training the model (not timed)", file=sys.stderr)
     model = ensure_model(str(root), params)
 
-    print("[3/4] baseline: `lamflow annotate` on the same frames", file=sys.stderr)
     lamflow = str(Path(sys.executable).parent / "lamflow")
-    cli_out = out / "cli"
-    t0 = time.perf_counter()
-    subprocess.run(
-        [
-            lamflow,
-            "annotate",
-            "--model",
-            model["model"],
-            "--images",
-            str(root / "drops" / DRIVE / "images"),
-            "--out",
-            str(cli_out),
-            "--params",
-            args.params,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    cli_seconds = time.perf_counter() - t0
+    images = str(root / "drops" / DRIVE / "images")
 
-    print(f"[4/4] nightly flow on a LocalCluster of {args.workers} worker(s)", file=sys.stderr)
+    def run_cli() -> float:
+        cli_out = out / "cli"
+        shutil.rmtree(cli_out, ignore_errors=True)
+        cmd = [lamflow, "annotate", "--model", model["model"], "--images", images]
+        cmd += ["--out", str(cli_out), "--params", args.params]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
     from flows.nightly import dask_runner, nightly, shared_prefect_api
 
-    with shared_prefect_api():
+    def run_flow() -> tuple[float, dict]:
+        for sub in ("labels", "exports", "state"):
+            shutil.rmtree(root / sub, ignore_errors=True)  # every repeat labels the whole drop
         flow = nightly.with_options(task_runner=dask_runner("", args.workers))
         t0 = time.perf_counter()
-        result = flow(params_file=args.params, overrides=overrides)
-        flow_seconds = time.perf_counter() - t0
-    drop = result["drops"][DRIVE]
-    compute = drop["annotate_busy_seconds"]
+        result = flow(params_file=args.params, overrides=overrides, drives=[DRIVE])
+        return time.perf_counter() - t0, result["drops"][DRIVE]
+
+    # This machine's speed drifts by 2x within minutes (shared host), so baseline and flow run
+    # back to back, in alternating order, `--repeats` times; each pair gives one ratio.
+    runs = []
+    with shared_prefect_api():
+        for rep in range(args.repeats):
+            order = ("cli", "flow") if rep % 2 == 0 else ("flow", "cli")
+            timing: dict = {}
+            for which in order:
+                print(f"[{rep + 1}/{args.repeats}] {which}", file=sys.stderr)
+                if which == "cli":
+                    timing["cli"] = run_cli()
+                else:
+                    timing["flow"], timing["drop"] = run_flow()
+            drop = timing["drop"]
+            runs.append(
+                {
+                    "cli_seconds": round(timing["cli"], 2),
+                    "flow_seconds": round(timing["flow"], 2),
+                    "throughput_ratio": round(timing["cli"] / timing["flow"], 3),
+                    "annotate_busy_seconds": round(drop["annotate_busy_seconds"], 2),
+                    "orchestration_overhead": round(
+                        1 - drop["annotate_busy_seconds"] / timing["flow"], 4
+                    ),
+                }
+            )
+    median = statistics.median
+    cli_seconds = median(r["cli_seconds"] for r in runs)
+    flow_seconds = median(r["flow_seconds"] for r in runs)
     report = {
         "frames": args.frames,
         "workers": args.workers,
         "shards": drop["shards"],
         "cpu_count": os.cpu_count(),
-        "cli_seconds": round(cli_seconds, 2),
+        "repeats": args.repeats,
         "cli_frames_per_second": round(args.frames / cli_seconds, 3),
-        "flow_seconds": round(flow_seconds, 2),
         "flow_frames_per_second": round(args.frames / flow_seconds, 3),
-        "throughput_ratio": round(cli_seconds / flow_seconds, 3),
-        "annotate_busy_seconds": round(compute, 2),
-        "annotate_cpu_seconds_all_shards": drop["compute_seconds"],
-        "orchestration_overhead": round(1 - compute / flow_seconds, 4),
+        "throughput_ratio": median(r["throughput_ratio"] for r in runs),
+        "orchestration_overhead": median(r["orchestration_overhead"] for r in runs),
+        "runs": runs,
         "labeled": drop["labeled"],
         "quarantined": drop["quarantined"],
         "qc": drop["qc"],

@@ -118,7 +118,8 @@ class PipelineParams(_Section):
     schedule: str = "0 2 * * *"
     timezone: str = "UTC"
     dask_address: str = ""  # empty = a LocalCluster started by the flow
-    dask_workers: int = Field(default=2, ge=1, le=256)
+    dask_workers: int = Field(default=0, ge=0, le=256)  # 0 = one per 4 cores
+    dask_processes: bool | None = None  # None = worker processes only when more than one worker
     lease_seconds: int = Field(default=3600, ge=10)
     overlays_per_drop: int = Field(default=4, ge=0, le=32)
     seed_images: str = ""  # empty = <camvid>/train/images

@@ -17,6 +17,7 @@ from prefect import task
 
 from lam.errors import LamflowError
 from lamflow.params import AnnotateParams
+from tasks._frames import load_model
 from tasks.annotate import annotate, write_manifest
 
 
@@ -56,6 +57,17 @@ def annotate_shard(
     return result
 
 
+def warm_worker(model: str) -> dict[str, Any]:
+    """Load the model into this worker's cache (tasks._frames.load_model) ahead of the shards.
+
+    Submitted when a drop starts, so the cluster's worker processes start, import torch and
+    load the model while the flow ingests the drop, not after it.
+    """
+    started = time.perf_counter()
+    load_model(model)
+    return {"pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
+
+
 def busy_seconds(intervals: list[list[float]]) -> float:
     """Length of the union of [start, end] intervals: time at least one shard was computing."""
     total, end = 0.0, float("-inf")
@@ -88,4 +100,5 @@ annotate_shard_task = task(
     retry_delay_seconds=[2, 10, 30],
     task_run_name="annotate-shard-{stems[0]}",
 )(annotate_shard)
+warm_worker_task = task(name="annotate-warm-up", retries=1)(warm_worker)
 finish_annotate_task = task(name="annotate-manifest", retries=2)(finish_annotate)

@@ -279,7 +279,11 @@ def _prefect_env() -> None:
 def _flow_with_runner(flow_obj: Any, address: str | None, params: Params) -> Any:
     from flows.nightly import dask_runner
 
-    runner = dask_runner(address or params.pipeline.dask_address, params.pipeline.dask_workers)
+    runner = dask_runner(
+        address or params.pipeline.dask_address,
+        params.pipeline.dask_workers,
+        params.pipeline.dask_processes,
+    )
     return flow_obj.with_options(task_runner=runner)
 
 
