@@ -1,0 +1,35 @@
+"""The LocalCluster the flows start: size, worker kind and the environment workers get."""
+
+from __future__ import annotations
+
+import dask
+
+from flows.nightly import auto_workers, dask_runner, worker_environment
+
+
+def test_auto_workers_is_one_per_four_cores_and_at_least_one() -> None:
+    assert [auto_workers(c) for c in (1, 2, 4, 7, 16)] == [1, 1, 1, 1, 4]
+
+
+def test_worker_environment_unsets_dask_malloc_trim_and_shares_threads() -> None:
+    env = worker_environment(3)
+    assert env["MALLOC_TRIM_THRESHOLD_"] is None  # None = dask unsets it
+    assert env["OMP_NUM_THREADS"] == env["LAMFLOW_TORCH_THREADS"] == "3"
+    assert worker_environment(0)["OMP_NUM_THREADS"] == "1"
+
+
+def test_one_worker_runs_in_process_several_in_processes() -> None:
+    one = dask_runner("", workers=1)
+    assert one.cluster_kwargs["processes"] is False and one.cluster_kwargs["n_workers"] == 1
+    several = dask_runner("", workers=2)
+    assert several.cluster_kwargs["processes"] is True
+    spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
+    assert spawn_env["MALLOC_TRIM_THRESHOLD_"] is None
+    assert dask.config.get("distributed.worker.profile.enabled") is False
+    forced = dask_runner("", workers=1, processes=True)
+    assert forced.cluster_kwargs["processes"] is True
+
+
+def test_existing_scheduler_is_used_as_given() -> None:
+    runner = dask_runner("tcp://127.0.0.1:8786")
+    assert runner.address == "tcp://127.0.0.1:8786"
