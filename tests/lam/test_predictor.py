@@ -50,3 +50,24 @@ def test_annotator_matches_the_plain_model_forward():
     assert np.abs(conf.astype(int) - want_conf.numpy().astype(int)).max() <= 2
     # The model keeps its own (unfolded) backbone: training and saving see no change.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+
+
+def test_adapter_fast_path_equals_resize_then_sum_of_every_tap():
+    """Grouping taps by grid, channels-last resizes and in-place sums change no logit."""
+    from lam.modeling.adapter import SemanticClassAdapter
+
+    torch.manual_seed(0)
+    channels, grids = (8, 16, 32, 64), [(40, 48), (20, 24), (10, 12), (10, 12)]
+    adapter = SemanticClassAdapter(channels, 5, hidden=16)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        taps = [torch.randn(2, c, *g) for c, g in zip(channels, grids)]
+        got = adapter(taps, (40, 48))
+        total = sum(
+            F.interpolate(F.conv2d(F.normalize(t, dim=1), proj.weight), (40, 48), mode="bilinear")
+            for t, proj in zip(taps, adapter.proj)
+        )
+        want = adapter.hidden(F.relu(total + adapter.bias.view(1, -1, 1, 1)))
+    assert got.is_contiguous()
+    assert torch.allclose(got, want, atol=1e-5)
