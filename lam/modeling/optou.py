@@ -65,10 +65,17 @@ def propagate(
 
     probs (B, C, h, w), affinity (B, N, h, w) from `local_affinity` -> (B, C, h, w).
     """
-    out = torch.zeros_like(probs)
-    for n, neigh in enumerate(_shifted(probs, radius, dilation)):
-        out = out + neigh * affinity[:, n : n + 1]
-    return out
+    shifted = _shifted(probs, radius, dilation)
+    if torch.is_grad_enabled() and (probs.requires_grad or affinity.requires_grad):
+        out = torch.zeros_like(probs)
+        for n, neigh in enumerate(shifted):
+            out = out + neigh * affinity[:, n : n + 1]
+        return out
+    # Inference: one accumulator updated in place (no new (B, C, h, w) tensor per neighbour).
+    acc = shifted[0] * affinity[:, 0:1]
+    for n in range(1, len(shifted)):
+        acc.addcmul_(shifted[n], affinity[:, n : n + 1])
+    return acc
 
 
 class OptOU(nn.Module):
