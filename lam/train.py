@@ -37,7 +37,9 @@ class TrainSettings:
     batch_views: int = 4  # views per OptOU step
     scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     hflip: bool = True
-    class_balance_power: float = 0.5  # weight_c = (median_freq / freq_c) ** power; 0 = unweighted
+    # weight_c = (median_freq / freq_c) ** power; 0 = unweighted. 1.0 beat 0.5 on bench/quality
+    # (1 seed 34.17 vs 33.92, 5 seeds 40.24 vs 38.81 mIoU): rare classes need the full weight.
+    class_balance_power: float = 1.0
     seed: int = 0
     pixels_per_view: int = 8000  # labelled pixels sampled per view for the adapter fit
     max_pixels: int = 120000  # cap on all sampled pixels (per-view budget shrinks to fit)
