@@ -28,6 +28,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner
 
 from lam.errors import LamflowError
+from lam.predictor import usable_cores
 from lamflow.params import Params, load_params
 from lamflow.storage import join, list_dir, read_bytes, safe_name
 from tasks.export import export_task
@@ -45,13 +46,6 @@ from tasks.shards import (
 from .state import acquire_lease, done_drives, mark_done, release_lease, write_watermark
 
 log = logging.getLogger(__name__)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the host's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def auto_workers(cores: int | None = None) -> int:

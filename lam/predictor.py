@@ -27,6 +27,13 @@ class Prediction:
         return float(self.confidence.mean()) / 255.0
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the host's core count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """'auto' -> CUDA when present, else CPU; otherwise the named torch device."""
     if device == "auto":
@@ -80,8 +87,8 @@ class Annotator:
             # torch may count the host's cores, not the ones this process may use. A process that
             # shares the machine (a Dask worker: LAMFLOW_TORCH_THREADS) keeps its own setting:
             # overriding it would oversubscribe the cores.
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            if cores and torch.get_num_threads() != cores:
+            cores = usable_cores()
+            if torch.get_num_threads() != cores:
                 torch.set_num_threads(cores)
 
     @torch.inference_mode()

@@ -51,8 +51,6 @@ class SemanticClassAdapter(nn.Module):
         return self.hidden is None and not self.relu
 
     def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        if not taps:
-            raise ValueError("adapter needs at least one tap")
         # Projections of taps that share a grid are summed before one resize (exact: the
         # resize is linear), e.g. the last block and the head at stride 32. Everything runs
         # channels-last: torch's CPU bilinear resize of many channels is 3-4x faster in that
