@@ -1,11 +1,12 @@
 """Frames/s of the annotate path end to end vs the bare backbone forward, on the same frames.
 
 annotate = JPEG decode + Annotator.predict (backbone, head, OptOU, full-res label and
-confidence) + PNG encode of label and confidence. backbone = the frozen backbone's forward
-exactly as annotate runs it (`Annotator.features`: the same optimised module, same batch size)
-on the same, already decoded frames: the ceiling any head can reach. backbone_unoptimised = the
-model's own `extract` (the plain timm forward), for reference. Passes are interleaved
-(backbone, annotate, unoptimised, backbone, ...) and each rate is the median over repeats, so
+confidence) + PNG encode of label and confidence (`lam.imageio.encode_png`, as in
+tasks/annotate.py). backbone = the frozen backbone's forward exactly as annotate runs it
+(`Annotator.features`: the same optimised module, same batch size) on the same, already
+decoded frames: the ceiling any head can reach. backbone_unoptimised = the model's own
+`extract` (the plain timm forward), for reference. Passes are interleaved (backbone,
+annotate, unoptimised, backbone, ...) and each rate is the median over repeats, so
 load from other processes hits all of them alike. Prints JSON (and writes it with --out).
 
     .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 24] [--batch 4] [--out F]
@@ -30,13 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
+from lam.imageio import encode_png  # noqa: E402
 from lam.predictor import Annotator  # noqa: E402
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return np.array(Image.open(io.BytesIO(blob)).convert("RGB"))
 
     def encode(pred) -> None:  # noqa: ANN001
-        _png(pred.label)
-        _png(pred.confidence)
+        encode_png(pred.label)
+        encode_png(pred.confidence)
 
     def annotate_pass() -> None:
         # As tasks/annotate.py runs it: reads and decodes prefetched by a 2-thread I/O pool,

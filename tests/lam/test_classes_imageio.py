@@ -2,13 +2,21 @@
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from lam.classes import ClassList
 from lam.errors import LamflowError
-from lam.imageio import decode_image, decode_label, encode_png, overlay, resize_label
+from lam.imageio import (
+    decode_image,
+    decode_label,
+    encode_gray_png,
+    encode_png,
+    overlay,
+    resize_label,
+)
 
 
 def test_class_list_round_trip(tiny_classes):
@@ -62,3 +70,27 @@ def test_overlay_and_resize_label():
     pal[1] = (200, 100, 0)
     assert tuple(overlay(img, lab, pal, alpha=0.5)[0, 0]) == (100, 50, 0)
     assert set(np.unique(resize_label(np.array([[0, 3], [3, 0]], np.uint8), (5, 7)))) == {0, 3}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (37, 53)])
+def test_grey_png_is_a_standard_png(shape):
+    """Every value 0..255 and every row difference (wrapping modulo 256) survive, as read by
+    PIL and by OpenCV, for odd shapes and for non-contiguous views."""
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    arr = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    arr.flat[0], arr.flat[-1] = 255, 0
+    for a in (arr, np.asfortranarray(arr), arr[::-1, ::-1]):
+        data = encode_gray_png(a)
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.mode == "L"
+            np.testing.assert_array_equal(np.asarray(img), a)
+        np.testing.assert_array_equal(
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), a
+        )
+
+
+def test_grey_png_refuses_bad_input():
+    with pytest.raises(LamflowError, match="uint8"):
+        encode_gray_png(np.zeros((4, 4), np.int32))
+    with pytest.raises(LamflowError, match="empty"):
+        encode_gray_png(np.zeros((0, 4), np.uint8))
