@@ -4,7 +4,10 @@ Pool: CamVid train frames of drives 0006R0 and 0001TP (163 frames). Evaluation: 
 (drive 0016E5, never in the pool), every `--val-step`-th frame. For each budget B the annotator
 is trained once on the B frames `select_seeds` picks and once on each of `--draws` random draws
 of B frames from the same pool, all with the same reduced TrainSettings; the target is
-selected >= random mean + 1 std at every B.
+selected >= random mean + 1 std at every B. With `--targets val` (the default) the selection is
+also given the embeddings of every val frame, the frames the seeds will serve (pixels only,
+never their labels), as `lamflow select-seeds --targets` would be when seeds are picked from
+an archive for a new drive; `--targets none` selects on the pool alone.
 
     .venv/bin/python bench/seeds.py --budgets 1 3 5 --draws 10 --iterations 100 --val-step 3
 """
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=0.5, help="resize frames (speed)")
     ap.add_argument("--train-scales", type=float, nargs="+", default=[1.0])
     ap.add_argument("--dedupe-threshold", type=float, default=0.9)
+    ap.add_argument(
+        "--targets", choices=["val", "none"], default="val", help="frames the seeds serve"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on busy hosts)")
     ap.add_argument("--out", default="outputs/bench/seeds.json")
     args = ap.parse_args(argv)
@@ -93,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     backbone = build_backbone("efficientnet_lite0").eval()
     with tqdm(total=len(pool), desc="embed", unit="frame") as bar:
         emb = embed_frames(backbone, [p[1] for p in pool], progress=bar.update)
+    targets = None
+    if args.targets == "val":
+        frames = [v[1] for v in load_split(root, "val", None, 1, scale=args.scale)]
+        with tqdm(total=len(frames), desc="embed targets", unit="frame") as bar:
+            targets = embed_frames(backbone, frames, progress=bar.update)
     settings = TrainSettings(iterations=args.iterations, scales=tuple(args.train_scales))
     results: dict = {
         "pool": f"CamVid train drives {'+'.join(POOL_DRIVES)} ({len(pool)} frames)",
@@ -101,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         "train_settings": {"iterations": args.iterations, "scales": args.train_scales},
         "methods": args.methods,
         "dedupe_threshold": args.dedupe_threshold,
+        "targets": "every CamVid val frame (pixels only)" if targets is not None else "none",
         "budgets": {},
     }
     rng = np.random.default_rng(0)
     for budget in args.budgets:
         row: dict = {}
         for method in args.methods:
-            sel = select_seeds(emb, budget, method=method, dedupe_threshold=args.dedupe_threshold)
+            sel = select_seeds(
+                emb, budget, method=method, dedupe_threshold=args.dedupe_threshold, targets=targets
+            )
             idx = [s.index for s in sel.seeds]
             ims, labs = [pool[i][1] for i in idx], [pool[i][2] for i in idx]
             miou = train_and_score(classes, backbone, ims, labs, val, settings)

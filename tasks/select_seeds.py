@@ -139,6 +139,7 @@ def select_seeds(
     progress: bool = True,
     labels: str | None = None,
     classes: str | None = None,
+    targets: str | None = None,
 ) -> dict[str, Any]:
     """Choose seed frames among the frames in `images` and write the ranked list to `out`.
 
@@ -151,6 +152,9 @@ def select_seeds(
         labels: per-frame class presence for the coverage pass: an `annotate` output folder or
             a folder of label PNGs; None skips the coverage pass.
         classes: classes.json naming the ids in `labels` (needed with `labels`).
+        targets: URL of a folder of the frames the seeds must serve, when seeds are picked
+            outside the drop to label (an archive, an earlier drive): typicality and coverage
+            are then measured against these frames (see lam.seeds.select). None = `images`.
     Returns:
         the document written to `out`.
     """
@@ -162,6 +166,12 @@ def select_seeds(
     cache = params.cache or join(_parent(out), "embeddings")
     emb, shas = embed_drop(frames, params, cache, progress)
     stems = [s for s, _ in frames]
+    target_emb = None
+    if targets:
+        target_frames = list_images(targets)
+        if not target_frames:
+            raise LamflowError(f"no target frames (.jpg/.png) in {targets}")
+        target_emb, _ = embed_drop(target_frames, params, cache, progress)
     presence, names, required = None, None, None
     if params.coverage and labels:
         if not classes:
@@ -185,6 +195,7 @@ def select_seeds(
         required=required,
         k_neighbors=params.k_neighbors,
         seed=params.seed,
+        targets=target_emb,
     )
     seeds = []
     for s in selection.seeds:
@@ -207,6 +218,7 @@ def select_seeds(
         "kept_after_dedupe": len(selection.kept),
         "duplicates": {stems[d]: stems[k] for d, k in selection.duplicate_of.items()},
         "method": params.method,
+        "targets": {"source": targets or images, "frames": len(target_emb) if targets else 0},
         "coverage": {
             "source": labels or "",
             "required": required if required is not None else (names or []),

@@ -17,6 +17,14 @@ Methods (all deterministic for a given `seed`):
   minimises the largest distance from any frame to its nearest seed, so the seeds span the
   drop's different scenes (lighting, road types). On CamVid it beats typiclust and random
   draws at B = 3 and 5 (bench/seeds.py).
+* **Targets.** Seeds serve the frames the annotator will label. By default those are the
+  candidates themselves (seeds picked from the drop). When seeds come from elsewhere (an
+  archive, an earlier drive) `targets` gives the embeddings of the frames to be labelled, and
+  both methods measure typicality and distance against them: a candidate is typical when many
+  target frames lie near it, k-center covers the targets, typiclust clusters the targets. On
+  CamVid (seeds from drives 0006R0/0001TP, labelling drive 0016E5) the most typical frame of
+  the pool is a below-average single seed, the frame most typical of the target drive a good
+  one (bench/seeds.py).
 * **Coverage pass.** Given which classes each frame shows (from a tagger or a previous
   annotator run), frames are added greedily — most still-missing classes first, typicality
   breaking ties — until every required class seen anywhere in the pool appears in some seed.
@@ -139,17 +147,44 @@ def kmeans(
     return best
 
 
-def _typiclust(emb: np.ndarray, budget: int, k: int, seed: int) -> list[SeedChoice]:
-    labels = kmeans(emb, budget, seed=seed)
+def target_density(cand: np.ndarray, targets: np.ndarray | None, k: int) -> np.ndarray:
+    """(N, D) candidates -> (N,) 1 / mean distance to their k nearest targets (M, D).
+
+    targets None: the candidates are the targets, each candidate's own row excluded
+    (= `typicality`). Higher = more target frames look like this candidate.
+    """
+    if targets is None:
+        return typicality(cand, k)
+    d = _pairwise_dist(cand, targets)
+    k = max(1, min(k, targets.shape[0]))
+    return 1.0 / (np.sort(d, axis=1)[:, :k].mean(axis=1) + 1e-8)
+
+
+def _typiclust(
+    emb: np.ndarray, budget: int, k: int, seed: int, targets: np.ndarray | None = None
+) -> list[SeedChoice]:
+    """Cluster the targets (default: the candidates) into `budget` groups, largest first; per
+    group the candidate most typical of that group's targets, each candidate at most once."""
+    pts = emb if targets is None else targets
+    labels = kmeans(pts, budget, seed=seed)
     clusters = sorted(set(labels.tolist()), key=lambda c: (-int((labels == c).sum()), c))
-    out = []
+    out: list[SeedChoice] = []
+    taken: set[int] = set()
     for cid in clusters[:budget]:
         members = np.flatnonzero(labels == cid)
-        typ = typicality(emb[members], k)
+        if targets is None:
+            typ = np.full(len(emb), -np.inf)
+            typ[members] = typicality(emb[members], k)
+        else:
+            typ = target_density(emb, targets[members], k)
+        typ[list(taken)] = -np.inf
         best = int(np.argmax(typ))
+        if not np.isfinite(typ[best]):
+            break
+        taken.add(best)
         out.append(
             SeedChoice(
-                index=int(members[best]),
+                index=best,
                 rank=0,
                 reason="typical",
                 cluster=int(cid),
@@ -160,25 +195,37 @@ def _typiclust(emb: np.ndarray, budget: int, k: int, seed: int) -> list[SeedChoi
     return out
 
 
-def _kcenter(emb: np.ndarray, budget: int, k: int) -> list[SeedChoice]:
-    typ = typicality(emb, k)
+def _kcenter(
+    emb: np.ndarray, budget: int, k: int, targets: np.ndarray | None = None
+) -> list[SeedChoice]:
+    """Farthest-first over the targets (default: the candidates): start at the candidate most
+    typical of the targets; then find the target farthest from every seed so far and add the
+    candidate nearest to it. With targets = candidates that candidate is the farthest frame
+    itself, i.e. the classic k-center greedy."""
+    typ = target_density(emb, targets, k)
+    pts = emb if targets is None else targets
     first = int(np.argmax(typ))
     out = [
         SeedChoice(index=first, rank=0, reason="kcenter", typicality=round(float(typ[first]), 4))
     ]
-    nearest = _pairwise_dist(emb, emb[[first]])[:, 0]
-    for _ in range(1, min(budget, len(emb))):
-        nxt = int(np.argmax(nearest))
+    chosen = {first}
+    nearest = _pairwise_dist(pts, emb[[first]])[:, 0]  # each target's distance to its seed
+    while len(out) < min(budget, len(emb)):
+        far = int(np.argmax(nearest))
+        to_far = _pairwise_dist(emb, pts[[far]])[:, 0]
+        to_far[list(chosen)] = np.inf
+        nxt = int(np.argmin(to_far))
         out.append(
             SeedChoice(
                 index=nxt,
                 rank=0,
                 reason="kcenter",
                 typicality=round(float(typ[nxt]), 4),
-                distance=round(float(nearest[nxt]), 4),
+                distance=round(float(nearest[far]), 4),
             )
         )
-        nearest = np.minimum(nearest, _pairwise_dist(emb, emb[[nxt]])[:, 0])
+        chosen.add(nxt)
+        nearest = np.minimum(nearest, _pairwise_dist(pts, emb[[nxt]])[:, 0])
     return out
 
 
@@ -192,6 +239,7 @@ def select_seeds(
     required: Sequence[str] | None = None,
     k_neighbors: int = 20,
     seed: int = 0,
+    targets: np.ndarray | None = None,
 ) -> Selection:
     """Pick `budget` seed frames (plus coverage frames) from (N, D) frame embeddings.
 
@@ -205,6 +253,9 @@ def select_seeds(
         required: class names that must be covered; None = every column of `presence`.
         k_neighbors: neighbours used for typicality.
         seed: k-means seed.
+        targets: optional (M, D) embeddings of the frames the seeds must serve (the frames to
+            be labelled) when they are not the candidates themselves; near-duplicates among
+            them are dropped with the same threshold. None = the candidates.
     Returns:
         a Selection whose seeds are ranked (rank 1 first), each with its reason.
     """
@@ -225,10 +276,18 @@ def select_seeds(
         names = list(class_names)
     kept, dup = drop_near_duplicates(unit, dedupe_threshold)
     sub = unit[kept]
+    target_unit = None
+    if targets is not None:
+        target_unit = _check_embeddings(targets)
+        if target_unit.shape[1] != unit.shape[1]:
+            raise LamflowError(
+                f"targets have {target_unit.shape[1]} dimensions, embeddings {unit.shape[1]}"
+            )
+        target_unit = target_unit[drop_near_duplicates(target_unit, dedupe_threshold)[0]]
     if method == "typiclust":
-        seeds = _typiclust(sub, int(budget), k_neighbors, seed)
+        seeds = _typiclust(sub, int(budget), k_neighbors, seed, target_unit)
     else:
-        seeds = _kcenter(sub, int(budget), k_neighbors)
+        seeds = _kcenter(sub, int(budget), k_neighbors, target_unit)
     for s in seeds:
         s.index = kept[s.index]
     uncovered: list[str] = []

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocabulary", default=None, help="classes to cover (vocabulary.yaml, ...)")
     p.add_argument("--labels", default=None, help="annotate output / label PNGs: class presence")
     p.add_argument("--classes", default=None, help="classes.json (needed with --labels)")
+    p.add_argument(
+        "--targets", default=None, help="folder (URL) of the frames to label, if not --images"
+    )
     p.add_argument("--budget", type=int, default=None, help="override select_seeds.budget")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.add_argument("--params", default="params.yaml")
@@ -75,6 +78,7 @@ def _select_seeds(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         labels=args.labels,
         classes=args.classes,
+        targets=args.targets,
     )
     print(json.dumps({"out": args.out, "seeds": [s["stem"] for s in doc["seeds"]]}))
     return 0

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from lam.errors import LamflowError
 from lamflow.cli import main
 
 
@@ -266,3 +267,30 @@ def test_seed_masks_without_prompts_fails_unless_allowed(scene_folder: Path, cap
     assert main([*base, "--allow-empty", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == []
     assert (scene_folder / "sm" / "records").is_dir()
+
+
+def test_targets_pick_the_candidate_most_like_the_frames_to_label(
+    scene_folder: Path, tmp_path: Path
+) -> None:
+    """With --targets holding (a copy of) one frame of the pool, k-center's first seed is that
+    frame, and seeds.yaml says which frames the seeds serve."""
+    import tasks.select_seeds as stage
+
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    frames = sorted((scene_folder / "images").glob("*.png"))
+    for copy in range(3):
+        (targets / f"new_{copy}.png").write_bytes(frames[4].read_bytes())
+    params = stage.SelectSeedsParams(budget=1, short_side=0, dedupe_threshold=1.01)
+    out = tmp_path / "seeds.yaml"
+    doc = stage.select_seeds(
+        str(scene_folder / "images"), str(out), params, progress=False, targets=str(targets)
+    )
+    assert [s["stem"] for s in doc["seeds"]] == [frames[4].stem]
+    assert doc["targets"] == {"source": str(targets), "frames": 3}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LamflowError, match="no target frames"):
+        stage.select_seeds(
+            str(scene_folder / "images"), str(out), params, progress=False, targets=str(empty)
+        )
