@@ -57,7 +57,9 @@ class LamConfig:
     backbone: str = "efficientnet_lite0"
     backbone_options: dict[str, Any] = field(default_factory=dict)
     out_stride: int = 4
-    adapter_hidden: int = 128  # hidden ReLU units of the adapter (0 = linear)
+    # Hidden ReLU units of the adapter; 0 = linear. Linear beat 128 hidden units on
+    # bench/quality (5 seeds 41.65 vs 40.14 mIoU) and resizes 11 maps per tap, not 128.
+    adapter_hidden: int = 0
     adapter_relu: bool = False
     adapter_pos_bumps: int = 0  # Gaussian bumps of the row coordinate fed to the adapter
     use_prototypes: bool = False

@@ -254,8 +254,9 @@ def select_seeds(
         k_neighbors: neighbours used for typicality.
         seed: k-means seed.
         targets: optional (M, D) embeddings of the frames the seeds must serve (the frames to
-            be labelled) when they are not the candidates themselves; near-duplicates among
-            them are dropped with the same threshold. None = the candidates.
+            be labelled) when they are not the candidates themselves. None = the candidates.
+            Targets are not de-duplicated: every frame to label counts, and a scene that
+            fills most of a drive should weigh as much as it does in the labelling.
     Returns:
         a Selection whose seeds are ranked (rank 1 first), each with its reason.
     """
@@ -283,7 +284,6 @@ def select_seeds(
             raise LamflowError(
                 f"targets have {target_unit.shape[1]} dimensions, embeddings {unit.shape[1]}"
             )
-        target_unit = target_unit[drop_near_duplicates(target_unit, dedupe_threshold)[0]]
     if method == "typiclust":
         seeds = _typiclust(sub, int(budget), k_neighbors, seed, target_unit)
     else:
