@@ -59,7 +59,8 @@ def colour_guide(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     Area-downsampled colour in [0, 1] plus a brightness-invariant chroma term, so shadows on the
     road weigh less than a change of material.
     """
-    x = F.adaptive_avg_pool2d(images.float() / 255.0, size)
+    # Pool first, scale after: one full-resolution float pass instead of two.
+    x = F.adaptive_avg_pool2d(images.float(), size).div_(255.0)
     intensity = x.mean(1, keepdim=True)
     chroma = x / (intensity + 0.05)
     return torch.cat([intensity, 0.3 * chroma[:, :2]], dim=1)
