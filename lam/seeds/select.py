@@ -15,16 +15,15 @@ Methods (all deterministic for a given `seed`):
 * **kcenter** (default; Sener & Savarese, "Core-set", ICLR 2018): start from the most typical
   frame of the whole pool, then repeatedly add the frame farthest from every chosen one;
   minimises the largest distance from any frame to its nearest seed, so the seeds span the
-  drop's different scenes (lighting, road types). On CamVid it beats typiclust and random
-  draws at B = 3 and 5 (bench/seeds.py).
+  drop's different scenes (lighting, road types).
 * **Targets.** Seeds serve the frames the annotator will label. By default those are the
   candidates themselves (seeds picked from the drop). When seeds come from elsewhere (an
   archive, an earlier drive) `targets` gives the embeddings of the frames to be labelled, and
   both methods measure typicality and distance against them: a candidate is typical when many
   target frames lie near it, k-center covers the targets, typiclust clusters the targets. On
-  CamVid (seeds from drives 0006R0/0001TP, labelling drive 0016E5) the most typical frame of
-  the pool is a below-average single seed, the frame most typical of the target drive a good
-  one (bench/seeds.py).
+  CamVid (seeds from drives 0006R0/0001TP, labelling drive 0016E5) the pool's most typical
+  frame is a below-average single seed; the one most typical of the target drive is above
+  average (bench/seeds.py, docs/seeds.md).
 * **Coverage pass.** Given which classes each frame shows (from a tagger or a previous
   annotator run), frames are added greedily — most still-missing classes first, typicality
   breaking ties — until every required class seen anywhere in the pool appears in some seed.
