@@ -218,7 +218,10 @@ def select_seeds(
         "kept_after_dedupe": len(selection.kept),
         "duplicates": {stems[d]: stems[k] for d, k in selection.duplicate_of.items()},
         "method": params.method,
-        "targets": {"source": targets or images, "frames": len(target_emb) if targets else 0},
+        "targets": {
+            "source": targets or images,
+            "frames": 0 if target_emb is None else len(target_emb),
+        },
         "coverage": {
             "source": labels or "",
             "required": required if required is not None else (names or []),
