@@ -153,8 +153,9 @@ def select_seeds(
             a folder of label PNGs; None skips the coverage pass.
         classes: classes.json naming the ids in `labels` (needed with `labels`).
         targets: URL of a folder of the frames the seeds must serve, when seeds are picked
-            outside the drop to label (an archive, an earlier drive): typicality and coverage
-            are then measured against these frames (see lam.seeds.select). None = `images`.
+            outside the drop to label (an archive, an earlier drive): typicality and k-center
+            distances are then measured against these frames (see lam.seeds.select); the
+            class coverage pass is unchanged. None = `images`.
     Returns:
         the document written to `out`.
     """
