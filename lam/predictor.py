@@ -93,9 +93,12 @@ class Annotator:
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) uint8 on self.device -> the backbone taps, as model.extract gives them."""
-        taps = self.backbone(images.contiguous(memory_format=torch.channels_last))
-        return [t.contiguous() for t in taps]
+        """(B, 3, H, W) uint8 on self.device -> the backbone taps (model.extract's values).
+
+        Left channels-last, as the backbone writes them: the adapter works channels-last, so
+        a copy to NCHW here would only be copied back there.
+        """
+        return list(self.backbone(images.contiguous(memory_format=torch.channels_last)))
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
