@@ -19,8 +19,9 @@ Methods (all deterministic for a given `seed`):
 * **Targets.** Seeds serve the frames the annotator will label. By default those are the
   candidates themselves (seeds picked from the drop). When seeds come from elsewhere (an
   archive, an earlier drive) `targets` gives the embeddings of the frames to be labelled, and
-  both methods measure typicality and distance against them: a candidate is typical when many
-  target frames lie near it, k-center covers the targets, typiclust clusters the targets. On
+  typicality is measured against them: a candidate is typical when many target frames lie
+  near it. k-center starts at the candidate most typical of the targets (then adds diversity
+  over the candidates); typiclust clusters the targets. On
   CamVid (seeds from drives 0006R0/0001TP, labelling drive 0016E5) the pool's most typical
   frame is a below-average single seed; the one most typical of the target drive is above
   average (bench/seeds.py, docs/seeds.md).
@@ -197,34 +198,31 @@ def _typiclust(
 def _kcenter(
     emb: np.ndarray, budget: int, k: int, targets: np.ndarray | None = None
 ) -> list[SeedChoice]:
-    """Farthest-first over the targets (default: the candidates): start at the candidate most
-    typical of the targets; then find the target farthest from every seed so far and add the
-    candidate nearest to it. With targets = candidates that candidate is the farthest frame
-    itself, i.e. the classic k-center greedy."""
+    """Greedy farthest-first: start at the candidate most typical of the targets (default: of
+    the candidates), then repeatedly add the candidate farthest from every seed so far.
+
+    The targets choose only the start. Chasing the target frame farthest from the seeds was
+    measured too: over one homogeneous target drive those are its outlying frames, and it
+    scored lower at B = 3 and 5 than the pool's own diversity (bench/seeds.py, docs/seeds.md).
+    """
     typ = target_density(emb, targets, k)
-    pts = emb if targets is None else targets
     first = int(np.argmax(typ))
     out = [
         SeedChoice(index=first, rank=0, reason="kcenter", typicality=round(float(typ[first]), 4))
     ]
-    chosen = {first}
-    nearest = _pairwise_dist(pts, emb[[first]])[:, 0]  # each target's distance to its seed
-    while len(out) < min(budget, len(emb)):
-        far = int(np.argmax(nearest))
-        to_far = _pairwise_dist(emb, pts[[far]])[:, 0]
-        to_far[list(chosen)] = np.inf
-        nxt = int(np.argmin(to_far))
+    nearest = _pairwise_dist(emb, emb[[first]])[:, 0]
+    for _ in range(1, min(budget, len(emb))):
+        nxt = int(np.argmax(nearest))
         out.append(
             SeedChoice(
                 index=nxt,
                 rank=0,
                 reason="kcenter",
                 typicality=round(float(typ[nxt]), 4),
-                distance=round(float(nearest[far]), 4),
+                distance=round(float(nearest[nxt]), 4),
             )
         )
-        chosen.add(nxt)
-        nearest = np.minimum(nearest, _pairwise_dist(pts, emb[[nxt]])[:, 0])
+        nearest = np.minimum(nearest, _pairwise_dist(emb, emb[[nxt]])[:, 0])
     return out
 
 
