@@ -153,9 +153,10 @@ def select_seeds(
             a folder of label PNGs; None skips the coverage pass.
         classes: classes.json naming the ids in `labels` (needed with `labels`).
         targets: URL of a folder of the frames the seeds must serve, when seeds are picked
-            outside the drop to label (an archive, an earlier drive): typicality and k-center
-            distances are then measured against these frames (see lam.seeds.select); the
-            class coverage pass is unchanged. None = `images`.
+            outside the drop to label (an archive, an earlier drive): typicality (which
+            candidate most frames to label look like) is then measured against these frames,
+            which sets k-center's first seed and typiclust's clusters (see lam.seeds.select);
+            the class coverage pass is unchanged. None = `images`.
     Returns:
         the document written to `out`.
     """
