@@ -33,7 +33,7 @@ from lam.classes import ClassList  # noqa: E402
 from lam.imageio import decode_image, decode_label  # noqa: E402
 from lam.metrics import ConfusionAccumulator  # noqa: E402
 from lam.predictor import Annotator  # noqa: E402
-from lam.seeds.embed import embed_frames  # noqa: E402
+from lam.seeds.embed import embed_frames_and_patches  # noqa: E402
 from lam.seeds.select import select_seeds  # noqa: E402
 from lam.train import TrainSettings, train_head  # noqa: E402
 
@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--targets", choices=["val", "none"], default="val", help="frames the seeds serve"
     )
+    ap.add_argument(
+        "--start",
+        choices=["typical", "patches"],
+        default="typical",
+        help="k-center's first seed: most typical frame, or best patch coverage of the targets",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on busy hosts)")
     ap.add_argument("--out", default="outputs/bench/seeds.json")
     args = ap.parse_args(argv)
@@ -98,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     val = load_split(root, "val", None, args.val_step, scale=args.scale)
     backbone = build_backbone("efficientnet_lite0").eval()
     with tqdm(total=len(pool), desc="embed", unit="frame") as bar:
-        emb = embed_frames(backbone, [p[1] for p in pool], progress=bar.update)
-    targets = None
+        emb, patches = embed_frames_and_patches(backbone, [p[1] for p in pool], progress=bar.update)
+    targets = target_patches = None
     if args.targets == "val":
         frames = [v[1] for v in load_split(root, "val", None, 1, scale=args.scale)]
         with tqdm(total=len(frames), desc="embed targets", unit="frame") as bar:
-            targets = embed_frames(backbone, frames, progress=bar.update)
+            targets, target_patches = embed_frames_and_patches(
+                backbone, frames, progress=bar.update
+            )
+    if args.start != "patches":
+        patches = target_patches = None
     settings = TrainSettings(iterations=args.iterations, scales=tuple(args.train_scales))
     results: dict = {
         "pool": f"CamVid train drives {'+'.join(POOL_DRIVES)} ({len(pool)} frames)",
@@ -113,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "methods": args.methods,
         "dedupe_threshold": args.dedupe_threshold,
         "targets": "every CamVid val frame (pixels only)" if targets is not None else "none",
+        "kcenter_start": args.start,
         "budgets": {},
     }
     rng = np.random.default_rng(0)
@@ -120,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {}
         for method in args.methods:
             sel = select_seeds(
-                emb, budget, method=method, dedupe_threshold=args.dedupe_threshold, targets=targets
+                emb,
+                budget,
+                method=method,
+                dedupe_threshold=args.dedupe_threshold,
+                targets=targets,
+                patches=patches,
+                target_patches=target_patches,
             )
             idx = [s.index for s in sel.seeds]
             ims, labs = [pool[i][1] for i in idx], [pool[i][2] for i in idx]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lam.build import LamConfig
 from lam.errors import LamflowError
@@ -170,9 +170,21 @@ class SelectSeedsParams(_Section):
     k_neighbors: int = Field(default=20, ge=1)
     backbone: str = "efficientnet_lite0"
     short_side: int = Field(default=224, ge=0)  # frames resized to this short side to embed
+    # k-center's first seed: the frame most typical of the targets, or ("patches") the frame
+    # whose (rows, cols) grid of patches on the last `patch_taps` taps best covers theirs
+    start: Literal["typical", "patches"] = "typical"
+    patch_grid: list[int] = Field(default_factory=lambda: [6, 8])
+    patch_taps: int = Field(default=3, ge=1)
     coverage: bool = True  # add frames until every vocabulary class seen in the drop is seeded
     cache: str = ""  # embedding cache folder URL; empty = <dir of out>/embeddings
     seed: int = 0
+
+    @field_validator("patch_grid")
+    @classmethod
+    def _grid(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 or min(value) < 1:
+            raise ValueError(f"patch_grid must be [rows, cols] of positive ints, got {value}")
+        return value
 
 
 class SeedMasksParams(_Section):

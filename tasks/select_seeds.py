@@ -1,7 +1,8 @@
 """Stage `select_seeds`: pick the few frames of a drop worth annotating; writes seeds.yaml.
 
 Every frame is embedded once (pooled multi-scale backbone features, cached per frame sha256 as
-`<cache>/<sha256>-<backbone>-<short_side>.npy`), near-duplicates are dropped, B frames are
+`<cache>/<sha256>-<backbone>-<short_side>.npy`; with `start: patches` also a grid of patch
+embeddings, `...-patches<rows>x<cols>t<taps>.npy`), near-duplicates are dropped, B frames are
 chosen by typiclust or k-center, and — when per-frame class presence is known (an `annotate`
 output folder, whose manifest lists each frame's class fractions, or a folder of label PNGs) —
 a coverage pass adds frames until every vocabulary class seen in the drop is in some seed.
@@ -25,7 +26,7 @@ from lam.build import build_backbone
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_image, decode_label
-from lam.seeds.embed import embed_frames
+from lam.seeds.embed import embed_frames_and_patches
 from lam.seeds.select import select_seeds as choose_seeds
 from lamflow.params import SelectSeedsParams
 from lamflow.storage import (
@@ -49,31 +50,61 @@ def _parent(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[0] if "/" in url.rstrip("/") else "."
 
 
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 def embed_drop(
     frames: list[tuple[str, str]],
     params: SelectSeedsParams,
     cache: str,
     progress: bool = True,
-) -> tuple[np.ndarray, list[str]]:
-    """Embeddings (N, D) float32 of `frames` [(stem, url)] and their sha256, using the cache."""
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Embeddings of `frames` [(stem, url)], using the cache.
+
+    Returns:
+        frame embeddings (N, D) float32, patch embeddings (N, rows * cols, P) float32 (None
+        unless k-center starts from patches: `params.start == "patches"`) and the sha256s.
+    """
     backbone = None
-    rows, shas = [], []
+    use_patches = params.start == "patches" and params.method == "kcenter"
+    grid = (params.patch_grid[0], params.patch_grid[1]) if use_patches else None
+    rows, patch_rows, shas = [], [], []
     for _stem, url in tqdm(frames, desc="embed", unit="frame", disable=not progress):
         data = read_bytes(url)
         sha = sha256_bytes(data)
         key = join(cache, f"{sha}-{params.backbone}-{params.short_side}.npy")
-        if exists(key):
+        pkey = ""
+        if grid:
+            pkey = join(
+                cache,
+                f"{sha}-{params.backbone}-{params.short_side}-patches{grid[0]}x{grid[1]}"
+                f"t{params.patch_taps}.npy",
+            )
+        if exists(key) and (not grid or exists(pkey)):
             rows.append(np.load(io.BytesIO(read_bytes(key))))
+            if grid:
+                patch_rows.append(np.load(io.BytesIO(read_bytes(pkey))))
         else:
             if backbone is None:
                 backbone = build_backbone(params.backbone)
-            vec = embed_frames(backbone, [decode_image(data, url)], params.short_side)[0]
-            buf = io.BytesIO()
-            np.save(buf, vec)
-            write_bytes_atomic(key, buf.getvalue())
-            rows.append(vec)
+            vec, patches = embed_frames_and_patches(
+                backbone,
+                [decode_image(data, url)],
+                params.short_side,
+                grid=grid or (1, 1),
+                patch_taps=params.patch_taps,
+            )
+            write_bytes_atomic(key, _npy(vec[0]))
+            rows.append(vec[0])
+            if grid:
+                write_bytes_atomic(pkey, _npy(patches[0]))
+                patch_rows.append(patches[0])
         shas.append(sha)
-    return np.stack(rows).astype(np.float32), shas
+    patch_array = np.stack(patch_rows).astype(np.float32) if grid else None
+    return np.stack(rows).astype(np.float32), patch_array, shas
 
 
 def vocabulary_classes(url: str) -> list[str]:
@@ -154,9 +185,10 @@ def select_seeds(
         classes: classes.json naming the ids in `labels` (needed with `labels`).
         targets: URL of a folder of the frames the seeds must serve, when seeds are picked
             outside the drop to label (an archive, an earlier drive): typicality (which
-            candidate most frames to label look like) is then measured against these frames,
-            which sets k-center's first seed and typiclust's clusters (see lam.seeds.select);
-            the class coverage pass is unchanged. None = `images`.
+            candidate most frames to label look like) and patch coverage (whose patches
+            resemble theirs) are then measured against these frames, which sets k-center's
+            first seed and typiclust's clusters (see lam.seeds.select); the class coverage
+            pass is unchanged. None = `images`.
     Returns:
         the document written to `out`.
     """
@@ -166,14 +198,14 @@ def select_seeds(
     if not frames:
         raise LamflowError(f"no frames (.jpg/.png) in {images}")
     cache = params.cache or join(_parent(out), "embeddings")
-    emb, shas = embed_drop(frames, params, cache, progress)
+    emb, patches, shas = embed_drop(frames, params, cache, progress)
     stems = [s for s, _ in frames]
-    target_emb = None
+    target_emb = target_patches = None
     if targets:
         target_frames = list_images(targets)
         if not target_frames:
             raise LamflowError(f"no target frames (.jpg/.png) in {targets}")
-        target_emb, _ = embed_drop(target_frames, params, cache, progress)
+        target_emb, target_patches, _ = embed_drop(target_frames, params, cache, progress)
     presence, names, required = None, None, None
     if params.coverage and labels:
         if not classes:
@@ -198,6 +230,8 @@ def select_seeds(
         k_neighbors=params.k_neighbors,
         seed=params.seed,
         targets=target_emb,
+        patches=patches,
+        target_patches=target_patches,
     )
     seeds = []
     for s in selection.seeds:
@@ -206,6 +240,8 @@ def select_seeds(
             row["cluster"] = s.cluster
             row["cluster_size"] = s.cluster_size
         row["typicality"] = s.typicality
+        if s.coverage is not None:
+            row["patch_coverage"] = s.coverage
         if s.reason == "kcenter":
             row["distance"] = s.distance
         if presence is not None:

@@ -25,6 +25,15 @@ Methods (all deterministic for a given `seed`):
   CamVid (seeds from drives 0006R0/0001TP, labelling drive 0016E5) the pool's most typical
   frame is a below-average single seed; the one most typical of the target drive is above
   average (bench/seeds.py, docs/seeds.md).
+* **Patch coverage** (opt-in: pass patch embeddings; the stage does with `start: patches`):
+  k-center's first seed is the candidate whose patches best cover the targets' patches — the
+  mean, over every target patch, of its cosine similarity to the candidate's most similar
+  patch. One seed can only teach what it shows, so it should show most of what the frames to
+  label show, and a frame's mean embedding cannot tell a scene that contains the common content
+  from one that merely averages to it. On CamVid it ranks single seeds better than frame-level
+  density (mean single-seed mIoU of the top 3 frames 31.3 vs 27.7; B = 1: 32.05 vs 29.41), but
+  the k-center sets grown from its start scored lower at B = 3 and 5 (33.97 / 37.67 vs
+  37.20 / 39.83), so it is not the default (bench/seeds.py, docs/seeds.md).
 * **Coverage pass.** Given which classes each frame shows (from a tagger or a previous
   annotator run), frames are added greedily — most still-missing classes first, typicality
   breaking ties — until every required class seen anywhere in the pool appears in some seed.
@@ -55,6 +64,7 @@ class SeedChoice:
     cluster_size: int = 0  # frames (after de-duplication) in that cluster
     typicality: float = 0.0  # 1 / mean distance to k nearest neighbours (higher = more typical)
     distance: float = 0.0  # kcenter: distance to the nearest earlier seed when chosen
+    coverage: float | None = None  # kcenter's first seed: patch coverage of the targets
     classes: list[str] = field(default_factory=list)  # classes this frame shows
     adds: list[str] = field(default_factory=list)  # classes no higher-ranked seed shows
 
@@ -160,6 +170,48 @@ def target_density(cand: np.ndarray, targets: np.ndarray | None, k: int) -> np.n
     return 1.0 / (np.sort(d, axis=1)[:, :k].mean(axis=1) + 1e-8)
 
 
+def patch_coverage(
+    patches: np.ndarray,
+    target_patches: np.ndarray,
+    max_target_patches: int = 4096,
+    seed: int = 0,
+) -> np.ndarray:
+    """How well each candidate's patches cover the target patches.
+
+    Args:
+        patches: (N, G, P) L2-normalised patch embeddings of N candidate frames.
+        target_patches: (M, G', P) of the frames to serve (any grid size G').
+        max_target_patches: at most this many target patches are scored (a seeded random
+            subset), so the cost stays N * G * max_target_patches * P however large the drop.
+        seed: seed of that subset.
+    Returns:
+        (N,) mean over target patches of the cosine similarity to the candidate's most
+        similar patch; higher = the frame shows more of what the targets show.
+    """
+    if patches.ndim != 3 or target_patches.ndim != 3:
+        raise LamflowError(
+            f"patch embeddings must be (frames, patches, dims), got {patches.shape} and "
+            f"{target_patches.shape}"
+        )
+    if patches.shape[2] != target_patches.shape[2]:
+        raise LamflowError(
+            f"target patches have {target_patches.shape[2]} dimensions, candidates "
+            f"{patches.shape[2]}"
+        )
+    flat = target_patches.reshape(-1, target_patches.shape[2]).astype(np.float32)
+    if len(flat) > max_target_patches:
+        rows = np.random.default_rng(seed).choice(len(flat), max_target_patches, replace=False)
+        flat = flat[np.sort(rows)]
+    n, g, d = patches.shape
+    cand = patches.astype(np.float32)
+    chunk = max(1, (1 << 24) // max(1, len(flat) * g))
+    out = np.empty(n, dtype=np.float64)
+    for i in range(0, n, chunk):
+        sims = flat @ cand[i : i + chunk].reshape(-1, d).T  # (targets, chunk * G)
+        out[i : i + chunk] = sims.reshape(len(flat), -1, g).max(axis=2).mean(axis=0)
+    return out
+
+
 def _typiclust(
     emb: np.ndarray, budget: int, k: int, seed: int, targets: np.ndarray | None = None
 ) -> list[SeedChoice]:
@@ -196,20 +248,27 @@ def _typiclust(
 
 
 def _kcenter(
-    emb: np.ndarray, budget: int, k: int, targets: np.ndarray | None = None
+    emb: np.ndarray,
+    budget: int,
+    k: int,
+    targets: np.ndarray | None = None,
+    coverage: np.ndarray | None = None,
 ) -> list[SeedChoice]:
-    """Greedy farthest-first: start at the candidate most typical of the targets (default: of
-    the candidates), then repeatedly add the candidate farthest from every seed so far.
+    """Greedy farthest-first: start at the candidate with the best patch `coverage` (N,) of
+    the targets when given, else the one most typical of the targets (default: of the
+    candidates), then repeatedly add the candidate farthest from every seed so far.
 
     The targets choose only the start. Chasing the target frame farthest from the seeds was
     measured too: over one homogeneous target drive those are its outlying frames, and it
     scored lower at B = 3 and 5 than the pool's own diversity (bench/seeds.py, docs/seeds.md).
     """
     typ = target_density(emb, targets, k)
-    first = int(np.argmax(typ))
+    first = int(np.argmax(typ if coverage is None else coverage))
     out = [
         SeedChoice(index=first, rank=0, reason="kcenter", typicality=round(float(typ[first]), 4))
     ]
+    if coverage is not None:
+        out[0].coverage = round(float(coverage[first]), 4)
     nearest = _pairwise_dist(emb, emb[[first]])[:, 0]
     for _ in range(1, min(budget, len(emb))):
         nxt = int(np.argmax(nearest))
@@ -237,6 +296,8 @@ def select_seeds(
     k_neighbors: int = 20,
     seed: int = 0,
     targets: np.ndarray | None = None,
+    patches: np.ndarray | None = None,
+    target_patches: np.ndarray | None = None,
 ) -> Selection:
     """Pick `budget` seed frames (plus coverage frames) from (N, D) frame embeddings.
 
@@ -254,6 +315,11 @@ def select_seeds(
             be labelled) when they are not the candidates themselves. None = the candidates.
             Targets are not de-duplicated: every frame to label counts, and a scene that
             fills most of a drive should weigh as much as it does in the labelling.
+        patches: optional (N, G, P) patch embeddings of the candidates
+            (`lam.seeds.embed.embed_frames_and_patches`); k-center then starts at the
+            candidate with the best `patch_coverage` of the targets. typiclust ignores them.
+        target_patches: (M, G', P) patches of `targets` (required with `targets` when
+            `patches` is given); None with no targets = the de-duplicated candidates' patches.
     Returns:
         a Selection whose seeds are ranked (rank 1 first), each with its reason.
     """
@@ -281,10 +347,22 @@ def select_seeds(
             raise LamflowError(
                 f"targets have {target_unit.shape[1]} dimensions, embeddings {unit.shape[1]}"
             )
+    coverage = None
+    if patches is not None and method == "kcenter":
+        patches = np.asarray(patches)
+        if patches.ndim != 3 or len(patches) != n:
+            raise LamflowError(
+                f"patches must be (N={n}, patches, dims), one row per embedding, got "
+                f"{patches.shape}"
+            )
+        if target_unit is not None and target_patches is None:
+            raise LamflowError("patches with targets need target_patches too")
+        tp = patches[kept] if target_patches is None else np.asarray(target_patches)
+        coverage = patch_coverage(patches[kept], tp, seed=seed)
     if method == "typiclust":
         seeds = _typiclust(sub, int(budget), k_neighbors, seed, target_unit)
     else:
-        seeds = _kcenter(sub, int(budget), k_neighbors, target_unit)
+        seeds = _kcenter(sub, int(budget), k_neighbors, target_unit, coverage)
     for s in seeds:
         s.index = kept[s.index]
     uncovered: list[str] = []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lam.errors import LamflowError
-from lam.seeds.embed import embed_frames
+from lam.seeds.embed import embed_frames, embed_frames_and_patches
 from tests.conftest import make_scene
 
 
@@ -26,3 +27,49 @@ def test_embeddings_are_unit_rows_and_separate_scenes(tiny_backbone) -> None:
 def test_bad_frame_is_named(tiny_backbone) -> None:
     with pytest.raises(LamflowError, match="frame 0: expected"):
         embed_frames(tiny_backbone, [np.zeros((8, 8), np.uint8)])
+
+
+def test_patches_come_from_the_same_pass_on_the_last_taps(tiny_backbone) -> None:
+    a, _ = make_scene(0)
+    b = np.ascontiguousarray(a[::-1, ::-1])
+    frames, patches = embed_frames_and_patches(
+        tiny_backbone, [a, b], short_side=64, grid=(2, 3), patch_taps=2
+    )
+    assert np.array_equal(frames, embed_frames(tiny_backbone, [a, b], short_side=64))
+    assert patches.shape == (2, 6, sum(tiny_backbone.channels[-2:]))
+    assert patches.dtype == np.float32
+    assert np.allclose(np.linalg.norm(patches, axis=2), 1.0, atol=1e-5)
+
+
+class _ColourTaps(torch.nn.Module):
+    """A stand-in backbone whose taps are the frame's colours (3 ch) and their mean (1 ch)."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x / 255.0, x.mean(dim=1, keepdim=True) / 255.0]
+
+
+def test_patches_are_grid_cells_of_the_last_taps() -> None:
+    """Left half red, right half blue, a (1, 2) grid: with the last tap only each cell is its
+    half's colour; with both taps the colour and brightness parts are weighted equally."""
+    frame = np.zeros((8, 16, 3), np.uint8)
+    frame[:, :8, 0] = 200
+    frame[:, 8:, 2] = 200
+    _, colour = embed_frames_and_patches(
+        _ColourTaps(), [frame], short_side=0, grid=(1, 2), patch_taps=1
+    )
+    assert colour.shape == (1, 2, 1) and np.allclose(colour, 1.0)
+    _, both = embed_frames_and_patches(
+        _ColourTaps(), [frame], short_side=0, grid=(1, 2), patch_taps=2
+    )
+    h = np.sqrt(0.5)
+    assert np.allclose(both[0], [[h, 0, 0, h], [0, 0, h, h]], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"grid": (0, 3)}, "patch grid must be"), ({"patch_taps": 0}, "patch_taps must be")],
+)
+def test_bad_patch_settings_are_named(tiny_backbone, kwargs, match) -> None:
+    a, _ = make_scene(0)
+    with pytest.raises(LamflowError, match=match):
+        embed_frames_and_patches(tiny_backbone, [a], **kwargs)

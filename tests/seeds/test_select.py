@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from lam.errors import LamflowError
-from lam.seeds.select import drop_near_duplicates, kmeans, select_seeds, typicality
+from lam.seeds.select import (
+    drop_near_duplicates,
+    kmeans,
+    patch_coverage,
+    select_seeds,
+    typicality,
+)
 
 
 def _blobs(sizes=(30, 20, 10), dim=8, seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -154,3 +160,63 @@ def test_targets_must_match_the_embedding_size() -> None:
     emb, _ = _blobs()
     with pytest.raises(LamflowError, match="targets have 4 dimensions, embeddings 8"):
         select_seeds(emb, 2, targets=np.ones((3, 4)))
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def test_patch_coverage_prefers_the_frame_showing_everything_the_targets_show() -> None:
+    """Targets show content A in half their patches and B in the other half. Frame 0 shows only
+    A, frame 1 only a blend of A and B (its mean embedding matches the targets' mean best),
+    frame 2 shows A and B side by side: only frame 2 covers every target patch."""
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    targets = _unit(np.array([[a, a, b, b]] * 3, dtype=np.float64))
+    frames = _unit(np.array([[a, a, a, a], [a + b] * 4, [a, a, b, a]], dtype=np.float64))
+    cov = patch_coverage(frames, targets)
+    assert np.argmax(cov) == 2
+    assert np.allclose(cov, [0.5, np.sqrt(0.5), 1.0])
+    # Capping the target patches scores a seeded subset; frames 1 and 2 score the same on any.
+    capped = patch_coverage(frames, targets, max_target_patches=5, seed=1)
+    assert np.argmax(capped) == 2 and np.allclose(capped[1:], cov[1:])
+
+
+def test_kcenter_starts_at_the_best_patch_coverage() -> None:
+    emb, _ = _blobs(sizes=(40, 6, 6), dim=6, seed=3)
+    rng = np.random.default_rng(0)
+    patches = _unit(rng.normal(size=(len(emb), 4, 5)))
+    target_patches = np.repeat(patches[[17]], 3, axis=0)  # three copies of candidate 17
+    sel = select_seeds(
+        emb,
+        2,
+        dedupe_threshold=1.01,
+        patches=patches,
+        target_patches=target_patches,
+        targets=emb[[17, 17, 17]],
+    )
+    assert sel.seeds[0].index == 17 and sel.seeds[0].coverage == pytest.approx(1.0)
+    # Without targets the candidates' own patches are the targets.
+    own = select_seeds(emb, 1, dedupe_threshold=1.01, patches=patches)
+    assert own.seeds[0].index == int(np.argmax(patch_coverage(patches, patches)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"patches": np.ones((3, 4, 5))}, r"patches must be \(N=52"),
+        ({"patches": np.ones((52, 4, 5)), "targets": np.ones((2, 6))}, "need target_patches"),
+    ],
+)
+def test_bad_patches_are_named(kwargs, match) -> None:
+    emb, _ = _blobs(sizes=(40, 6, 6), dim=6, seed=3)
+    if "targets" in kwargs:
+        kwargs["targets"] = np.ones((2, emb.shape[1]))
+    with pytest.raises(LamflowError, match=match):
+        select_seeds(emb, 2, **kwargs)
+
+
+def test_patch_coverage_checks_its_shapes() -> None:
+    with pytest.raises(LamflowError, match="target patches have 3 dimensions, candidates 5"):
+        patch_coverage(np.ones((2, 4, 5)), np.ones((2, 4, 3)))
+    with pytest.raises(LamflowError, match="must be \\(frames, patches, dims\\)"):
+        patch_coverage(np.ones((2, 5)), np.ones((2, 4, 5)))

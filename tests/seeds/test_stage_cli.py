@@ -294,3 +294,41 @@ def test_targets_pick_the_candidate_most_like_the_frames_to_label(
         stage.select_seeds(
             str(scene_folder / "images"), str(out), params, progress=False, targets=str(empty)
         )
+
+
+def test_start_from_patches_caches_them_and_reports_coverage(
+    scene_folder: Path, tmp_path: Path
+) -> None:
+    """`start: patches`: the first seed is the frame whose patches cover the targets' (here:
+    copies of one pool frame, so that frame), its coverage is in seeds.yaml, and the patch
+    embeddings are cached next to the frame embeddings (a second run reads them)."""
+    import tasks.select_seeds as stage
+
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    frames = sorted((scene_folder / "images").glob("*.png"))
+    for copy in range(2):
+        (targets / f"new_{copy}.png").write_bytes(frames[2].read_bytes())
+    params = stage.SelectSeedsParams(
+        budget=2, short_side=0, dedupe_threshold=1.01, start="patches", patch_grid=[2, 2]
+    )
+    out = tmp_path / "seeds.yaml"
+    doc = stage.select_seeds(
+        str(scene_folder / "images"), str(out), params, progress=False, targets=str(targets)
+    )
+    assert doc["seeds"][0]["stem"] == frames[2].stem
+    assert doc["seeds"][0]["patch_coverage"] == pytest.approx(1.0, abs=1e-4)
+    assert "patch_coverage" not in doc["seeds"][1]
+    cached = sorted(p.name for p in (tmp_path / "embeddings").glob("*-patches2x2t3.npy"))
+    assert len(cached) == len(frames)  # the targets are byte copies of a pool frame
+    again = stage.select_seeds(
+        str(scene_folder / "images"), str(out), params, progress=False, targets=str(targets)
+    )
+    assert again["seeds"] == doc["seeds"]
+
+
+def test_patch_grid_must_be_rows_and_cols() -> None:
+    from lamflow.params import SelectSeedsParams
+
+    with pytest.raises(ValueError, match="patch_grid must be"):
+        SelectSeedsParams(patch_grid=[6])
