@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lam.adapt import AdaptSettings
 from lam.build import LamConfig
 from lam.errors import LamflowError
 from lam.train import TrainSettings
@@ -41,6 +42,7 @@ class DataParams(_Section):
 # apart (tests/test_params.py also checks that every field is mirrored).
 _MODEL = LamConfig(classes={"classes": [{"name": "_"}]})
 _TRAIN = TrainSettings()
+_ADAPT = AdaptSettings()
 
 
 class ModelParams(_Section):
@@ -76,6 +78,19 @@ class TrainParams(_Section):
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     optou_iterations: int = Field(default=_TRAIN.optou_iterations, ge=0)
     optou_lr: float = Field(default=_TRAIN.optou_lr, gt=0)
+
+
+class AdaptParams(_Section):
+    """Optional self-training on a drop's own frames (mirrors lam.adapt.AdaptSettings; the refit
+    reuses the model's own training settings, from its train_report.json)."""
+
+    max_frames: int = Field(default=_ADAPT.max_frames, ge=1)
+    keep_fraction: float = Field(default=_ADAPT.keep_fraction, gt=0, le=1)
+    min_confidence: float = Field(default=_ADAPT.min_confidence, ge=0, le=1)
+    pseudo_weight: float = Field(default=_ADAPT.pseudo_weight, gt=0)
+    pixels_per_frame: int = Field(default=_ADAPT.pixels_per_frame, ge=1)
+    rounds: int = Field(default=_ADAPT.rounds, ge=1)
+    interpolate: float = Field(default=_ADAPT.interpolate, ge=0, le=1)
 
 
 class AnnotateParams(_Section):
@@ -206,6 +221,7 @@ class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    adapt: AdaptParams = Field(default_factory=AdaptParams)
     annotate: AnnotateParams = Field(default_factory=AnnotateParams)
     ingest: IngestParams = Field(default_factory=IngestParams)
     qc: QcParams = Field(default_factory=QcParams)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
+
+import numpy as np
 
 from lam.artifact import CONFIG_FILE, WEIGHTS_FILE, model_from_files, model_to_files
 from lam.build import LamConfig
 from lam.classes import ClassList
 from lam.errors import LamflowError
+from lam.imageio import decode_image, decode_label
 from lam.modeling.lam import LabelAnythingModel
-from lamflow.storage import join, read_bytes, write_bytes_atomic
+from lamflow.storage import (
+    find_by_stem,
+    join,
+    list_images,
+    read_bytes,
+    sha256_bytes,
+    write_bytes_atomic,
+)
 
 _MODEL_CACHE: dict[tuple[str, str], tuple[LabelAnythingModel, LamConfig]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -55,3 +66,41 @@ def load_model(url: str) -> tuple[LabelAnythingModel, LamConfig]:
                 raise LamflowError(f"model at {url} lacks {WEIGHTS_FILE}") from exc
             _MODEL_CACHE[key] = model_from_files({CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights})
         return _MODEL_CACHE[key]
+
+
+def load_seed_frames(
+    images: str, labels: str, stems: list[str], class_list: ClassList
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
+    """Seed frames (H, W, 3) uint8, their labels (H, W) uint8 and provenance, by stem.
+
+    Provenance is [{stem, image_sha256, label_sha256}], what train_report.json records.
+    LamflowError names a missing frame or label, a size mismatch or an unknown class id.
+    """
+    frames = dict(list_images(images))
+    seed_images, seed_labels, provenance = [], [], []
+    for stem in stems:
+        if stem not in frames:
+            near = ", ".join(sorted(frames)[:5])
+            raise LamflowError(f"seed {stem!r} not found in {images} (frames: {near}, ...)")
+        label_url = find_by_stem(labels, stem)
+        if label_url is None:
+            raise LamflowError(f"seed {stem!r} has no label {stem}.png in {labels}")
+        image_bytes, label_bytes = read_bytes(frames[stem]), read_bytes(label_url)
+        image = decode_image(image_bytes, frames[stem])
+        label = decode_label(label_bytes, label_url)
+        if label.shape != image.shape[:2]:
+            raise LamflowError(
+                f"seed {stem!r}: label size {label.shape[1]}x{label.shape[0]} differs from "
+                f"frame size {image.shape[1]}x{image.shape[0]}"
+            )
+        class_list.check_label(label, where=f"label {label_url}")
+        seed_images.append(image)
+        seed_labels.append(label)
+        provenance.append(
+            {
+                "stem": stem,
+                "image_sha256": sha256_bytes(image_bytes),
+                "label_sha256": sha256_bytes(label_bytes),
+            }
+        )
+    return seed_images, seed_labels, provenance

@@ -13,18 +13,10 @@ from tqdm import tqdm
 
 from lam.build import LamConfig, build_lam
 from lam.errors import LamflowError
-from lam.imageio import decode_image, decode_label
 from lam.train import TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
-from lamflow.storage import (
-    find_by_stem,
-    join,
-    list_images,
-    read_bytes,
-    sha256_bytes,
-    write_text_atomic,
-)
-from tasks._frames import load_classes, save_model
+from lamflow.storage import join, write_text_atomic
+from tasks._frames import load_classes, load_seed_frames, save_model
 
 log = logging.getLogger(__name__)
 TRAIN_REPORT = "train_report.json"
@@ -56,33 +48,7 @@ def train(
     if not seeds:
         raise LamflowError("no seed frames given: pass at least one stem with --seeds")
     class_list = load_classes(classes)
-    frames = dict(list_images(images))
-    seed_images, seed_labels, provenance = [], [], []
-    for stem in seeds:
-        if stem not in frames:
-            near = ", ".join(sorted(frames)[:5])
-            raise LamflowError(f"seed {stem!r} not found in {images} (frames: {near}, ...)")
-        label_url = find_by_stem(labels, stem)
-        if label_url is None:
-            raise LamflowError(f"seed {stem!r} has no label {stem}.png in {labels}")
-        image_bytes, label_bytes = read_bytes(frames[stem]), read_bytes(label_url)
-        image = decode_image(image_bytes, frames[stem])
-        label = decode_label(label_bytes, label_url)
-        if label.shape != image.shape[:2]:
-            raise LamflowError(
-                f"seed {stem!r}: label size {label.shape[1]}x{label.shape[0]} differs from "
-                f"frame size {image.shape[1]}x{image.shape[0]}"
-            )
-        class_list.check_label(label, where=f"label {label_url}")
-        seed_images.append(image)
-        seed_labels.append(label)
-        provenance.append(
-            {
-                "stem": stem,
-                "image_sha256": sha256_bytes(image_bytes),
-                "label_sha256": sha256_bytes(label_bytes),
-            }
-        )
+    seed_images, seed_labels, provenance = load_seed_frames(images, labels, seeds, class_list)
 
     config = LamConfig(classes=class_list.to_json(), **model.model_dump())
     net = build_lam(config)

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from lam.adapt import AdaptSettings
 from lam.build import LamConfig
 from lam.errors import LamflowError
 from lam.train import TrainSettings
-from lamflow.params import ModelParams, TrainParams, load_params, parse_params
+from lamflow.params import AdaptParams, ModelParams, TrainParams, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,8 @@ def test_repo_params_file_is_valid():
 
 
 def test_sections_mirror_the_library_dataclasses():
+    adapt = {f.name for f in fields(AdaptSettings)} - {"train"}
+    assert set(AdaptParams.model_fields) == adapt
     train = {f.name for f in fields(TrainSettings)}
     assert set(TrainParams.model_fields) - {"seeds"} == train
     model = {f.name for f in fields(LamConfig)} - {"classes", "version", "extra"}

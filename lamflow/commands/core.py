@@ -1,4 +1,4 @@
-"""`lamflow train | annotate | evaluate | demo`: the annotator on folders of frames."""
+"""`lamflow train | adapt | annotate | evaluate | demo`: the annotator on folders of frames."""
 
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param"
     )
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "adapt", help="optional: self-train a trained model on a drop's frames (new model dir)"
+    )
+    p.add_argument("--model", required=True, help="model directory from `lamflow train`")
+    p.add_argument("--images", required=True, help="folder (URL) of the drop's frames")
+    p.add_argument("--seed-images", required=True, help="folder holding the model's seed frames")
+    p.add_argument("--seed-labels", required=True, help="folder holding their label PNGs")
+    p.add_argument("--out", required=True, help="new model directory to write")
+    p.add_argument("--params", default="params.yaml", help="params file (adapt section)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    p.set_defaults(func=_adapt)
 
     p = sub.add_parser("annotate", help="label every frame of a folder")
     p.add_argument("--model", required=True, help="model directory from `lamflow train`")
@@ -65,6 +78,24 @@ def _train(args: argparse.Namespace) -> int:
         args.images, args.labels, args.classes, args.seeds, args.out, params.model, params.train
     )
     print(json.dumps({k: summary[k] for k in ("model_version", "out", "seconds", "final_loss")}))
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from tasks.adapt import adapt
+
+    params = load_params(args.params, args.set)
+    report = adapt(
+        args.model,
+        args.images,
+        args.seed_images,
+        args.seed_labels,
+        args.out,
+        params.adapt,
+        progress=not args.no_progress,
+    )
+    keys = ("model_version", "source_version", "seconds", "pseudo_pixels")
+    print(json.dumps({k: report[k] for k in keys} | {"frames": len(report["frames"])}))
     return 0
 
 

@@ -1,0 +1,153 @@
+"""Stage `adapt` (optional): self-train a trained annotator on one drop's own frames.
+
+Reads a model directory written by `train`, the seed frames it was trained on (their stems and
+sha256 come from its train_report.json, so the refit uses exactly those seeds) and up to
+`max_frames` evenly spaced frames of the drop, and writes a *new* model directory: the source
+model is never modified. Only the drop's pixels are used, never any label of its frames (see
+lam.adapt). The time of the whole step is reported on its own in `adapt_report.json`, apart
+from training and labelling, because it is paid once per drop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from prefect import task
+from tqdm import tqdm
+
+from lam.adapt import AdaptSettings, adapt_to_frames
+from lam.artifact import CONFIG_FILE, WEIGHTS_FILE, model_from_files
+from lam.errors import LamflowError
+from lam.imageio import decode_image
+from lam.train import TrainSettings
+from lamflow.params import AdaptParams
+from lamflow.storage import join, list_images, read_bytes, read_text, write_text_atomic
+from tasks._frames import load_seed_frames, save_model
+from tasks.train import TRAIN_REPORT
+
+log = logging.getLogger(__name__)
+ADAPT_REPORT = "adapt_report.json"
+
+
+def _read_model(url: str) -> tuple[Any, Any, dict[str, Any]]:
+    """A fresh (uncached: it will be changed) model, its config and its train report."""
+    try:
+        files = {name: read_bytes(join(url, name)) for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    except FileNotFoundError as exc:
+        raise LamflowError(f"no model at {url}: {exc.filename or exc} not found") from exc
+    try:
+        report = json.loads(read_text(join(url, TRAIN_REPORT)))
+    except FileNotFoundError as exc:
+        raise LamflowError(
+            f"model at {url} has no {TRAIN_REPORT}: adapt needs the seeds it was trained on"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise LamflowError(f"{join(url, TRAIN_REPORT)} is not JSON: {exc}") from exc
+    model, config = model_from_files(files)
+    return model, config, report
+
+
+def _drop_frames(
+    images: str, exclude: set[str], max_frames: int, progress: bool
+) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Up to `max_frames` evenly spaced frames of `images` (seeds excluded), decoded.
+
+    Returns (frames, their stems, stems skipped as unreadable). Frames not picked are not read.
+    """
+    listed = [(s, u) for s, u in list_images(images) if s not in exclude]
+    if not listed:
+        raise LamflowError(f"no frames (.jpg/.png) to adapt to in {images} (seeds excluded)")
+    pick = np.unique(np.linspace(0, len(listed) - 1, min(max_frames, len(listed))).round())
+    frames, stems, skipped = [], [], []
+    for i in tqdm(pick, desc="read drop", unit="frame", disable=not progress, leave=False):
+        stem, url = listed[int(i)]
+        try:
+            frames.append(decode_image(read_bytes(url), url))
+            stems.append(stem)
+        except (LamflowError, OSError) as exc:
+            log.warning("adapt: skipping unreadable frame %s: %s", url, exc)
+            skipped.append(stem)
+    if not frames:
+        raise LamflowError(f"none of the {len(pick)} frames picked from {images} could be read")
+    return frames, stems, skipped
+
+
+def adapt(
+    model: str,
+    images: str,
+    seed_images: str,
+    seed_labels: str,
+    out: str,
+    settings: AdaptParams | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Self-train the model at `model` on the frames in `images`; write the result to `out`.
+
+    Args:
+        model: URL of a model directory from `train` (with its train_report.json).
+        images: URL of the drop's frames (STEM.jpg/.png); seeds among them are left out.
+        seed_images, seed_labels: URLs of the folders holding the seed frames and label PNGs
+            named in the model's train_report.json; their sha256 must match what it recorded.
+        out: URL of the new model directory (must differ from `model`).
+        settings: the `adapt` section of params.yaml.
+    Returns:
+        the adapt report (also written to `out/adapt_report.json`): `seconds` of the whole
+        step, frames used, pseudo-labelled pixels per class, source and new model versions.
+    """
+    settings = settings or AdaptParams()
+    if out.rstrip("/") == model.rstrip("/"):
+        raise LamflowError(f"adapt writes a new model directory: --out must differ from {model}")
+    started = time.perf_counter()
+    net, config, train_report = _read_model(model)
+    source_version = config.version
+    class_list = config.class_list
+    recorded = train_report.get("seeds") or []
+    stems = [row["stem"] for row in recorded]
+    if not stems:
+        raise LamflowError(f"{join(model, TRAIN_REPORT)} names no seed frames")
+    images_, labels_, provenance = load_seed_frames(seed_images, seed_labels, stems, class_list)
+    for was, now in zip(recorded, provenance):
+        for key in ("image_sha256", "label_sha256"):
+            if was.get(key) and was[key] != now[key]:
+                what, where = (
+                    ("frame", seed_images) if key == "image_sha256" else ("label", seed_labels)
+                )
+                raise LamflowError(
+                    f"seed {now['stem']!r}: the {what} in {where} is not the one the model was "
+                    f"trained on (sha256 {now[key][:12]}... vs {was[key][:12]}...)"
+                )
+    frames, used, skipped = _drop_frames(images, set(stems), settings.max_frames, progress)
+    train = dict(train_report.get("train") or {})
+    train["scales"] = tuple(train.get("scales") or TrainSettings().scales)
+    known = set(TrainSettings.__dataclass_fields__)
+    lam_settings = AdaptSettings(
+        **settings.model_dump(),
+        train=TrainSettings(**{k: v for k, v in train.items() if k in known}),
+    )
+    log.info("adapting %s to %d frame(s) of %s", source_version, len(frames), images)
+    result = adapt_to_frames(net, images_, labels_, frames, class_list.ignore_index, lam_settings)
+    version = save_model(out, net, config)
+    write_text_atomic(join(out, TRAIN_REPORT), json.dumps(train_report, indent=2))
+    report = {
+        "model_version": version,
+        "source_model": model,
+        "source_version": source_version,
+        "images": images,
+        "frames": used,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - started, 2),
+        "adapt_seconds": round(result.seconds, 2),
+        "pseudo_pixels": result.pseudo_pixels,
+        "pseudo_class_pixels": dict(zip(class_list.names, result.pseudo_class_pixels)),
+        "settings": settings.model_dump(),
+    }
+    write_text_atomic(join(out, ADAPT_REPORT), json.dumps(report, indent=2))
+    log.info("adapted %s -> %s in %.1fs", source_version, version, report["seconds"])
+    return report
+
+
+adapt_task = task(name="adapt", retries=0)(adapt)
