@@ -4,7 +4,7 @@ Prints JSON: mIoU/mF1 for 1 and 5 seeds (averaged over deterministic seed draws)
 without the optional adaptation step (self-training on val frames' pixels only, never their
 labels), plus train and adapt seconds.
 
-    .venv/bin/python bench/quality.py [--camvid PATH] [--draws1 3] [--draws5 1]
+    .venv/bin/python bench/quality.py [--camvid PATH] [--draws1 3] [--draws5 3] [--val-step 2]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camvid", default=default_root)
     parser.add_argument("--backbone", default=LamConfig.backbone)
     parser.add_argument("--draws1", type=int, default=3, help="seed draws for the 1-seed score")
-    parser.add_argument("--draws5", type=int, default=1, help="seed draws for the 5-seed score")
+    parser.add_argument("--draws5", type=int, default=3, help="seed draws for the 5-seed score")
     parser.add_argument("--val-step", type=int, default=1, help="score every n-th val frame")
     parser.add_argument("--no-adapt", action="store_true")
     args = parser.parse_args(argv)

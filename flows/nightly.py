@@ -1,7 +1,8 @@
 """Flows `nightly` and `bootstrap`: every new sensor drop labeled, checked and exported.
 
 `nightly`: find drops under ROOT/drops not finished by an earlier run, make sure a model exists
-for the current seeds (train if not), then per drop, under a lease: ingest -> annotate (one task
+for the current seeds (train if not), then per drop, under a lease: ingest -> adapt (only with
+`pipeline.adapt_per_drop`: the model self-trained on the drop's frames) -> annotate (one task
 run per shard on the Dask cluster) -> qc -> export, and publish a markdown artifact per drop.
 `bootstrap`: add a first drop from a folder, train from the seeds and label it.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -30,10 +32,11 @@ from prefect.task_runners import TaskRunner
 from lam.errors import LamflowError
 from lam.predictor import usable_cores
 from lamflow.params import Params, load_params
-from lamflow.storage import join, list_dir, read_bytes, safe_name
+from lamflow.storage import exists, join, list_dir, read_bytes, safe_name, sha256_bytes
+from tasks.adapt import ADAPT_REPORT, adapt_task
 from tasks.export import export_task
 from tasks.ingest import INGEST_MANIFEST, add_drop, drop_url, ingest_task, list_drops
-from tasks.models import ensure_model_task
+from tasks.models import ensure_model_task, seed_sources
 from tasks.qc import qc_task
 from tasks.shards import (
     annotate_shard_task,
@@ -190,13 +193,44 @@ def drop_report(drive: str, qc: dict[str, Any], thumbs: list[str]) -> str:
     return "\n".join(lines)
 
 
+def adapted_model(
+    root: str, drive: str, images: str, model: dict[str, Any], params: Params
+) -> dict[str, Any]:
+    """`model` self-trained on this drop's frames (`pipeline.adapt_per_drop`).
+
+    Stored under ROOT/models/adapted/<model version>/<drive>/<hash of the adapt params>/ and
+    reused when an earlier (e.g. interrupted) run already made it.
+    """
+    key = sha256_bytes(json.dumps(params.adapt.model_dump(), sort_keys=True).encode())[:8]
+    url = join(root, "models", "adapted", safe_name(model["model_version"]), safe_name(drive), key)
+    report_url = join(url, ADAPT_REPORT)
+    if exists(report_url):
+        report = json.loads(read_bytes(report_url))
+    else:
+        src = seed_sources(params)
+        report = adapt_task(
+            model["model"], images, src["images"], src["labels"], url, params.adapt, progress=False
+        )
+    return {
+        **model,
+        "model": url,
+        "model_version": report["model_version"],
+        "adapt_seconds": report["seconds"],
+    }
+
+
 def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> dict[str, Any]:
-    """ingest -> sharded annotate -> qc -> export for one drop; returns its summary."""
+    """ingest -> (adapt) -> sharded annotate -> qc -> export for one drop; returns its summary."""
     logger = get_run_logger()
-    # Start the workers (they import torch and load the model) while the flow ingests the drop.
-    warm = warm_worker_task.submit(model["model"])
-    manifest = ingest_task(root, drive, params.ingest, progress=False)
     images = join(drop_url(root, drive), "images")
+    if params.pipeline.adapt_per_drop:
+        manifest = ingest_task(root, drive, params.ingest, progress=False)
+        model = adapted_model(root, drive, images, model, params)
+        warm = warm_worker_task.submit(model["model"])
+    else:
+        # Start the workers (they import torch and load the model) while the flow ingests.
+        warm = warm_worker_task.submit(model["model"])
+        manifest = ingest_task(root, drive, params.ingest, progress=False)
     out = labels_url(root, model["model_version"], drive)
     shards = plan_shards([e["stem"] for e in manifest["entries"]], params.annotate.shard_size)
     first = params.annotate.model_copy(update={"write_overlays": params.pipeline.overlays_per_drop})
@@ -225,6 +259,8 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     )
     return {
         "drive": drive,
+        "model_version": model["model_version"],
+        "adapt_seconds": model.get("adapt_seconds"),
         "labels": out,
         "export": exported["dest"],
         "frames": manifest["frames"],

@@ -140,6 +140,8 @@ class PipelineParams(_Section):
     seed_images: str = ""  # empty = <camvid>/train/images
     seed_labels: str = ""  # empty = <camvid>/train/labels
     sample_drive: str = "0016E5"  # the drop `dvc repro` builds from CamVid val
+    # Self-train the model on each drop before labelling it (`adapt` section; minutes per drop)
+    adapt_per_drop: bool = False
 
 
 class VocabularyParams(_Section):

@@ -66,6 +66,41 @@ def test_nightly_labels_new_drops_once_and_skips_leased_ones(
     assert done["labeled"] == 4
 
 
+def test_nightly_adapts_the_model_to_each_drop_when_asked(
+    prefect_harness: None, tmp_path: Path, seed_set: Path
+) -> None:
+    """pipeline.adapt_per_drop: each drop is labelled by the model self-trained on its frames,
+    stored per (model, drive, adapt params) and reused, never re-adapted, by a later run."""
+    from flows.nightly import adapted_model
+    from lamflow.params import load_params
+
+    root = tmp_path / "root"
+    params = write_params(
+        tmp_path / "params.yaml",
+        str(root),
+        seed_set,
+        pipeline={"adapt_per_drop": True},
+        adapt={"max_frames": 2, "pixels_per_frame": 300, "rounds": 1},
+    )
+    write_drop(str(root), "d1", 3)
+
+    result = _run(params)
+
+    d1 = result["drops"]["d1"]
+    assert d1["model_version"] != result["model_version"] and d1["adapt_seconds"] > 0
+    assert Path(d1["labels"]) == root / "labels" / d1["model_version"] / "d1"
+    assert len(list((Path(d1["labels"]) / "labels").iterdir())) == 3
+    (stored,) = (root / "models" / "adapted" / result["model_version"] / "d1").iterdir()
+    report = stored / "adapt_report.json"
+    assert json.loads(report.read_text())["model_version"] == d1["model_version"]
+    before = report.stat().st_mtime_ns
+    model = {"model": result["model"], "model_version": result["model_version"]}
+    images = str(root / "drops" / "d1" / "images")
+    again = adapted_model(str(root), "d1", images, model, load_params(params))
+    assert again["model_version"] == d1["model_version"] and again["model"] == str(stored)
+    assert report.stat().st_mtime_ns == before
+
+
 def test_s3_credentials_from_a_prefect_secret_block(
     prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
