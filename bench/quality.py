@@ -2,7 +2,9 @@
 
 Prints JSON: mIoU/mF1 for 1 and 5 seeds (averaged over deterministic seed draws), with and
 without the optional adaptation step (self-training on val frames' pixels only, never their
-labels), plus train and adapt seconds.
+labels), plus train and adapt seconds. With `--select`, also for the 1 and 5 seeds that
+`select_seeds` (k-center, default settings) picks from the same pool for the val frames
+(`targets`: their pixels, never their labels): the seeds the product would ask a human for.
 
     .venv/bin/python bench/quality.py [--camvid PATH] [--draws1 3] [--draws5 3] [--val-step 2]
 """
@@ -27,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 from lam.adapt import AdaptSettings, adapt_to_frames  # noqa: E402
 from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
 from lam.metrics import ConfusionAccumulator  # noqa: E402
+from lam.seeds.embed import embed_frames  # noqa: E402
+from lam.seeds.select import select_seeds  # noqa: E402
 from lam.train import TrainSettings, train_head  # noqa: E402
 
 SEED_DRIVES = ("0006R0", "0001TP")
@@ -68,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws5", type=int, default=3, help="seed draws for the 5-seed score")
     parser.add_argument("--val-step", type=int, default=1, help="score every n-th val frame")
     parser.add_argument("--no-adapt", action="store_true")
+    parser.add_argument(
+        "--select", action="store_true", help="also score the seeds select_seeds picks (B=1, 5)"
+    )
     args = parser.parse_args(argv)
     root = Path(args.camvid)
     if not (root / "classes.json").is_file():
@@ -87,32 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     val_taps = [model.extract(x) for x in val_images]
     val_labels = [lb for _, lb in val]
 
-    results: dict = {"backbone": config.backbone, "val_frames": len(val), "runs": {}}
-    for n_seeds, n_draws in ((1, args.draws1), (5, args.draws5)):
-        rows = []
-        if n_draws <= 0:
-            continue
-        for draw in seed_draws(pool, n_seeds, n_draws):
-            model = build_lam(config, backbone=backbone)
-            seeds = [_load(root, "train", s) for s in draw]
-            images, labels = [s[0] for s in seeds], [s[1] for s in seeds]
-            report = train_head(model, images, labels, cl.ignore_index, TrainSettings())
-            row = {"seeds": draw, "train_s": round(report.seconds, 2)}
-            row["plain"] = evaluate(
+    def run(draw: list[str], tag: str) -> dict:
+        """Train on the seed frames `draw`, score on val, then adapt and score again."""
+        model = build_lam(config, backbone=backbone)
+        seeds = [_load(root, "train", s) for s in draw]
+        images, labels = [s[0] for s in seeds], [s[1] for s in seeds]
+        report = train_head(model, images, labels, cl.ignore_index, TrainSettings())
+        row = {"seeds": draw, "train_s": round(report.seconds, 2)}
+        row["plain"] = evaluate(
+            model, val_taps, val_images, val_labels, cl.num_classes, cl.ignore_index
+        )
+        if not args.no_adapt:
+            t = time.perf_counter()
+            ad = adapt_to_frames(
+                model, images, labels, all_val_images, cl.ignore_index, AdaptSettings()
+            )
+            row["adapt_s"] = round(time.perf_counter() - t, 2)
+            row["adapted"] = evaluate(
                 model, val_taps, val_images, val_labels, cl.num_classes, cl.ignore_index
             )
-            if not args.no_adapt:
-                t = time.perf_counter()
-                ad = adapt_to_frames(
-                    model, images, labels, all_val_images, cl.ignore_index, AdaptSettings()
-                )
-                row["adapt_s"] = round(time.perf_counter() - t, 2)
-                row["adapted"] = evaluate(
-                    model, val_taps, val_images, val_labels, cl.num_classes, cl.ignore_index
-                )
-                row["pseudo_pixels"] = ad.pseudo_pixels
-            print(json.dumps({f"{n_seeds}seed": row}), file=sys.stderr, flush=True)
-            rows.append(row)
+            row["pseudo_pixels"] = ad.pseudo_pixels
+        print(json.dumps({tag: row}), file=sys.stderr, flush=True)
+        return row
+
+    def summarise(rows: list[dict]) -> dict:
         summary = {
             "draws": rows,
             "miou": round(float(np.mean([r["plain"]["miou"] for r in rows])), 2),
@@ -123,7 +128,21 @@ def main(argv: list[str] | None = None) -> int:
             summary["adapted_miou"] = round(float(np.mean([r["adapted"]["miou"] for r in rows])), 2)
             summary["adapted_mf1"] = round(float(np.mean([r["adapted"]["mf1"] for r in rows])), 2)
             summary["adapt_s"] = round(float(np.mean([r["adapt_s"] for r in rows])), 2)
-        results["runs"][f"{n_seeds}_seed"] = summary
+        return summary
+
+    results: dict = {"backbone": config.backbone, "val_frames": len(val), "runs": {}}
+    for n_seeds, n_draws in ((1, args.draws1), (5, args.draws5)):
+        if n_draws <= 0:
+            continue
+        rows = [run(draw, f"{n_seeds}seed") for draw in seed_draws(pool, n_seeds, n_draws)]
+        results["runs"][f"{n_seeds}_seed"] = summarise(rows)
+    if args.select:
+        pool_emb = embed_frames(backbone, [_load(root, "train", s)[0] for s in pool])
+        targets = embed_frames(backbone, all_val_images)
+        for budget in (1, 5):
+            picked = select_seeds(pool_emb, budget, targets=targets).seeds
+            draw = [pool[s.index] for s in picked]
+            results["runs"][f"{budget}_seed_selected"] = summarise([run(draw, f"{budget}selected")])
     print(json.dumps(results, indent=2))
     return 0
 
