@@ -47,8 +47,12 @@ def save_model(url: str, model: LabelAnythingModel, config: LamConfig) -> str:
     return config.version
 
 
-def load_model(url: str) -> tuple[LabelAnythingModel, LamConfig]:
-    """Model directory at `url`, loaded once per process (workers reuse it across shards)."""
+def load_model(url: str, fresh: bool = False) -> tuple[LabelAnythingModel, LamConfig]:
+    """Model directory at `url`, loaded once per process (workers reuse it across shards).
+
+    fresh=True returns a new instance outside the cache, for callers that change the model
+    (adapt refits its head), so the shared instance is never altered.
+    """
     try:
         config_bytes = read_bytes(join(url, CONFIG_FILE))
     except FileNotFoundError as exc:
@@ -57,14 +61,20 @@ def load_model(url: str) -> tuple[LabelAnythingModel, LamConfig]:
         version = json.loads(config_bytes).get("version", "")
     except json.JSONDecodeError as exc:
         raise LamflowError(f"{join(url, CONFIG_FILE)} is not JSON: {exc}") from exc
+
+    def build() -> tuple[LabelAnythingModel, LamConfig]:
+        try:
+            weights = read_bytes(join(url, WEIGHTS_FILE))
+        except FileNotFoundError as exc:
+            raise LamflowError(f"model at {url} lacks {WEIGHTS_FILE}") from exc
+        return model_from_files({CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights})
+
+    if fresh:
+        return build()
     key = (url, version)
     with _CACHE_LOCK:
         if key not in _MODEL_CACHE:
-            try:
-                weights = read_bytes(join(url, WEIGHTS_FILE))
-            except FileNotFoundError as exc:
-                raise LamflowError(f"model at {url} lacks {WEIGHTS_FILE}") from exc
-            _MODEL_CACHE[key] = model_from_files({CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights})
+            _MODEL_CACHE[key] = build()
         return _MODEL_CACHE[key]
 
 

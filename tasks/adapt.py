@@ -20,35 +20,27 @@ from prefect import task
 from tqdm import tqdm
 
 from lam.adapt import AdaptSettings, adapt_to_frames
-from lam.artifact import CONFIG_FILE, WEIGHTS_FILE, model_from_files
 from lam.errors import LamflowError
 from lam.imageio import decode_image
 from lam.train import TrainSettings
 from lamflow.params import AdaptParams
 from lamflow.storage import join, list_images, read_bytes, read_text, write_text_atomic
-from tasks._frames import load_seed_frames, save_model
+from tasks._frames import load_model, load_seed_frames, save_model
 from tasks.train import TRAIN_REPORT
 
 log = logging.getLogger(__name__)
 ADAPT_REPORT = "adapt_report.json"
 
 
-def _read_model(url: str) -> tuple[Any, Any, dict[str, Any]]:
-    """A fresh (uncached: it will be changed) model, its config and its train report."""
+def _read_train_report(url: str) -> dict[str, Any]:
     try:
-        files = {name: read_bytes(join(url, name)) for name in (CONFIG_FILE, WEIGHTS_FILE)}
-    except FileNotFoundError as exc:
-        raise LamflowError(f"no model at {url}: {exc.filename or exc} not found") from exc
-    try:
-        report = json.loads(read_text(join(url, TRAIN_REPORT)))
+        return json.loads(read_text(join(url, TRAIN_REPORT)))
     except FileNotFoundError as exc:
         raise LamflowError(
             f"model at {url} has no {TRAIN_REPORT}: adapt needs the seeds it was trained on"
         ) from exc
     except json.JSONDecodeError as exc:
         raise LamflowError(f"{join(url, TRAIN_REPORT)} is not JSON: {exc}") from exc
-    model, config = model_from_files(files)
-    return model, config, report
 
 
 def _drop_frames(
@@ -102,14 +94,17 @@ def adapt(
     if out.rstrip("/") == model.rstrip("/"):
         raise LamflowError(f"adapt writes a new model directory: --out must differ from {model}")
     started = time.perf_counter()
-    net, config, train_report = _read_model(model)
+    net, config = load_model(model, fresh=True)  # refitted below: not the cached instance
+    train_report = _read_train_report(model)
     source_version = config.version
     class_list = config.class_list
     recorded = train_report.get("seeds") or []
     stems = [row["stem"] for row in recorded]
     if not stems:
         raise LamflowError(f"{join(model, TRAIN_REPORT)} names no seed frames")
-    images_, labels_, provenance = load_seed_frames(seed_images, seed_labels, stems, class_list)
+    seed_frames, seed_maps, provenance = load_seed_frames(
+        seed_images, seed_labels, stems, class_list
+    )
     for was, now in zip(recorded, provenance):
         for key in ("image_sha256", "label_sha256"):
             if was.get(key) and was[key] != now[key]:
@@ -129,7 +124,9 @@ def adapt(
         train=TrainSettings(**{k: v for k, v in train.items() if k in known}),
     )
     log.info("adapting %s to %d frame(s) of %s", source_version, len(frames), images)
-    result = adapt_to_frames(net, images_, labels_, frames, class_list.ignore_index, lam_settings)
+    result = adapt_to_frames(
+        net, seed_frames, seed_maps, frames, class_list.ignore_index, lam_settings
+    )
     version = save_model(out, net, config)
     write_text_atomic(join(out, TRAIN_REPORT), json.dumps(train_report, indent=2))
     report = {
