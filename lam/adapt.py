@@ -66,13 +66,10 @@ def _interpolate_head(
     model: LabelAnythingModel, seed_head: dict[str, torch.Tensor], weight: float
 ) -> None:
     """Head tensors <- weight * current + (1 - weight) * seed_head (floating tensors only)."""
-    mixed = {}
-    for key, now in _head_tensors(model).items():
-        before = seed_head[key]
-        if now.is_floating_point() and now.shape == before.shape:
-            mixed[key] = weight * now + (1.0 - weight) * before
-        else:
-            mixed[key] = now
+    mixed = {
+        key: weight * now + (1.0 - weight) * seed_head[key] if now.is_floating_point() else now
+        for key, now in _head_tensors(model).items()
+    }
     model.load_state_dict(mixed, strict=False)
 
 
@@ -140,7 +137,7 @@ def adapt_to_frames(
     if not 0.0 <= settings.interpolate <= 1.0:
         raise LamflowError(f"interpolate must be in [0, 1], got {settings.interpolate}")
     start = time.perf_counter()
-    seed_head = _head_tensors(model)
+    seed_head = _head_tensors(model) if settings.interpolate < 1.0 else None
     pick = np.unique(np.linspace(0, len(frames) - 1, min(settings.max_frames, len(frames))).round())
     chosen = [frames[int(i)] for i in pick]
     blank = [np.full(f.shape[:2], ignore_index, dtype=np.uint8) for f in chosen]
@@ -164,7 +161,7 @@ def adapt_to_frames(
         losses, counts = fit_head_on_views(
             model, views, ignore_index, ts, view_weights=weights, view_pixels=per_view
         )
-    if settings.interpolate < 1.0:
+    if seed_head is not None:
         _interpolate_head(model, seed_head, settings.interpolate)
     n_pseudo = int(sum(int((p != ignore_index).sum()) for p in pseudo))
     pseudo_counts = torch.zeros(model.num_classes, dtype=torch.long)
