@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from lam.errors import LamflowError
 from lam.modeling.backbone import inference_backbone
 from lam.modeling.lam import LabelAnythingModel
+from lam.upsample import upsampled_label_and_confidence
 
 
 @dataclass
@@ -42,25 +43,6 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as exc:
         raise LamflowError(f"unknown device {device!r}: {exc}") from exc
-
-
-def label_and_confidence(
-    logits: torch.Tensor, inplace: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, H, W) float logits -> (label (B, H, W) uint8, confidence (B, H, W) uint8).
-
-    Confidence is the max softmax probability, 1 / sum_c exp(z_c - max): no second max pass
-    and no log, as logsumexp would need. With `inplace` (float32 logits the caller no longer
-    needs) the exponentials overwrite `logits` instead of a copy of it.
-    """
-    if logits.dtype != torch.float32:
-        logits = logits.float()
-    elif not inplace:
-        logits = logits.clone()
-    top, label = logits.max(dim=1)
-    total = logits.sub_(top.unsqueeze(1)).exp_().sum(dim=1)
-    conf_u8 = total.reciprocal_().mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return label.to(torch.uint8), conf_u8
 
 
 class Annotator:
@@ -113,8 +95,9 @@ class Annotator:
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
             raise LamflowError(f"predict_batch needs frames of one size, got {sorted(shapes)}")
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        label, conf = label_and_confidence(self.logits(batch), inplace=True)
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
+        low = self.model.head(self.features(batch), batch)  # (B, C, h, w) at the output stride
+        label, conf = upsampled_label_and_confidence(low, tuple(batch.shape[-2:]))
         label_u8, conf_u8 = label.cpu().numpy(), conf.cpu().numpy()
         return [Prediction(label=lb, confidence=cf) for lb, cf in zip(label_u8, conf_u8)]
 

