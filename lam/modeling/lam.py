@@ -59,8 +59,17 @@ def colour_guide(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     Area-downsampled colour in [0, 1] plus a brightness-invariant chroma term, so shadows on the
     road weigh less than a change of material.
     """
-    # Pool first, scale after: one full-resolution float pass instead of two.
-    x = F.adaptive_avg_pool2d(images.float(), size).div_(255.0)
+    # Pool first, scale after: one full-resolution float pass instead of two. Frames usually
+    # arrive as a channels-last view of (B, H, W, 3) arrays; pooling a contiguous NCHW copy
+    # with a fixed kernel (when the stride divides the frame) is ~3x faster on CPU than
+    # adaptive pooling of the view, with the same windows.
+    images = images.contiguous()
+    (h, w), (big_h, big_w) = size, images.shape[-2:]
+    if big_h % h == 0 and big_w % w == 0:
+        x = F.avg_pool2d(images.float(), (big_h // h, big_w // w))
+    else:
+        x = F.adaptive_avg_pool2d(images.float(), size)
+    x = x.div_(255.0)
     intensity = x.mean(1, keepdim=True)
     chroma = x / (intensity + 0.05)
     return torch.cat([intensity, 0.3 * chroma[:, :2]], dim=1)
