@@ -13,6 +13,11 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:  # ISA-L's deflate: zlib-format streams ~4x faster than zlib's level 1, and smaller.
+    from isal import isal_zlib as _deflate
+except ImportError:  # pragma: no cover - isal is pinned; plain zlib still writes valid PNGs
+    _deflate = zlib  # type: ignore[assignment,misc]
+
 from lam.errors import LamflowError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -85,7 +90,9 @@ def encode_gray_png(array: np.ndarray, level: int = 1) -> bytes:
     a smooth confidence map (6-7 ms for 360x480 against 3 ms here), and annotate writes two
     such maps per frame on the cores the model runs on. "Up" (row minus the row above, one
     vectorised subtraction) turns label maps into long runs of zeros and confidence maps into
-    small residuals; files come out as small as PIL's. zlib releases the GIL while compressing.
+    small residuals; files come out as small as PIL's. Deflate is ISA-L's when `isal` is
+    installed (0.7 ms instead of 2.7 ms for a confidence map, the bulk of annotate's work off
+    the model's cores); both release the GIL while compressing.
     """
     if array.ndim != 2 or array.dtype != np.uint8:
         raise LamflowError(f"greyscale PNG needs (H, W) uint8, got {array.shape} {array.dtype}")
@@ -100,7 +107,7 @@ def encode_gray_png(array: np.ndarray, level: int = 1) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + _png_chunk(b"IDAT", _deflate.compress(rows.tobytes(), level))
         + _png_chunk(b"IEND", b"")
     )
 
