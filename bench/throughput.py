@@ -4,12 +4,17 @@ annotate = JPEG decode + Annotator.predict (backbone, head, OptOU, full-res labe
 confidence) + PNG encode of label and confidence (`lam.imageio.encode_png`, as in
 tasks/annotate.py). backbone = the frozen backbone's forward exactly as annotate runs it
 (`Annotator.features`: the same optimised module, same batch size) on the same, already
-decoded frames: the ceiling any head can reach. backbone_unoptimised = the model's own
+decoded frames: the ceiling any head can reach. The head is trained on one seed frame
+(`--seed`, default the first of params.yaml's seeds) because its output decides the work after
+the backbone (lam.upsample resolves only pixels near class changes); `--untrained` times a
+randomly initialised head instead, whose noisy map takes the dense path (the worst case).
+backbone_unoptimised = the model's own
 `extract` (the plain timm forward), for reference. Passes are interleaved (backbone,
 annotate, unoptimised, backbone, ...) and each rate is the median over repeats, so
 load from other processes hits all of them alike. Prints JSON (and writes it with --out).
 
-    .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 24] [--batch 4] [--out F]
+    .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 24] [--batch 4]
+        [--seed STEM | --untrained] [--out F]
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
+from lam.classes import ClassList  # noqa: E402
 from lam.imageio import encode_png  # noqa: E402
 from lam.predictor import Annotator  # noqa: E402
+from lam.train import train_head  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="median of n interleaved passes")
+    parser.add_argument("--seed", default="0006R0_f03150", help="train frame the head fits")
+    parser.add_argument(
+        "--untrained", action="store_true", help="time a randomly initialised head instead"
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     root = Path(args.camvid)
@@ -52,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     classes = json.loads((root / "classes.json").read_text())
     config = LamConfig(classes=classes, backbone=args.backbone)
     model = build_lam(config, backbone=build_backbone(config.backbone, config.backbone_options))
+    head = "untrained"
+    if not args.untrained:
+        seed_image = root / "train" / "images" / f"{args.seed}.jpg"
+        seed_label = root / "train" / "labels" / f"{args.seed}.png"
+        if not seed_image.is_file() or not seed_label.is_file():
+            print(f"error: no train frame {args.seed!r} under {root}", file=sys.stderr)
+            return 2
+        image = np.array(Image.open(seed_image).convert("RGB"))
+        label = np.array(Image.open(seed_label))
+        train_head(model, [image], [label], ClassList.from_json(classes).ignore_index)
+        head = f"trained on {args.seed}"
     annotator = Annotator(model, device="cpu", batch_size=args.batch)
     paths = sorted((root / "val" / "images").glob("*.jpg"))[: args.frames]
     blobs = [p.read_bytes() for p in paths]
@@ -114,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": len(blobs),
         "size": list(decoded[0].shape[:2]),
         "batch": args.batch,
+        "head": head,
         "threads": torch.get_num_threads(),
         "repeats": max(1, args.repeats),
         "backbone_fps": round(fps["backbone"], 2),
