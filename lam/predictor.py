@@ -18,7 +18,11 @@ from lam.upsample import upsampled_label_and_confidence
 
 @dataclass
 class Prediction:
-    """label: (H, W) uint8 class ids; confidence: (H, W) uint8, 255 = certain (max softmax)."""
+    """label: (H, W) uint8 class ids; confidence: (H, W) uint8, 255 = certain.
+
+    confidence is the max softmax probability (exact where a class changes, interpolated from
+    the output stride inside a class: see lam.upsample).
+    """
 
     label: np.ndarray
     confidence: np.ndarray
