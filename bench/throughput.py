@@ -40,6 +40,7 @@ from lam.classes import ClassList  # noqa: E402
 from lam.imageio import encode_png  # noqa: E402
 from lam.predictor import Annotator  # noqa: E402
 from lam.train import train_head  # noqa: E402
+from tasks.annotate import CPU_THREADS, IO_THREADS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,19 +92,28 @@ def main(argv: list[str] | None = None) -> int:
         encode_png(pred.confidence)
 
     def annotate_pass() -> None:
-        # As tasks/annotate.py runs it: reads and decodes prefetched by a 2-thread I/O pool,
-        # batches of frames through the model, PNG encodes handed to the same pool.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            frames = pool.map(decode, blobs)
+        # As tasks/annotate.py runs it: reads prefetched by the I/O pool, JPEG decode and PNG
+        # encodes through one CPU thread beside torch's, batches of frames through the model.
+        with (
+            ThreadPoolExecutor(max_workers=CPU_THREADS) as cpu,
+            ThreadPoolExecutor(max_workers=IO_THREADS) as io,
+        ):
+            frames = io.map(lambda blob: cpu.submit(decode, blob).result(), blobs)
             pending = []
             batch: list[np.ndarray] = []
             for frame in frames:
                 batch.append(frame)
                 if len(batch) == args.batch:
-                    pending += [pool.submit(encode, p) for p in annotator.predict(batch)]
+                    pending += [
+                        io.submit(lambda p: cpu.submit(encode, p).result(), p)
+                        for p in annotator.predict(batch)
+                    ]
                     batch = []
             if batch:
-                pending += [pool.submit(encode, p) for p in annotator.predict(batch)]
+                pending += [
+                    io.submit(lambda p: cpu.submit(encode, p).result(), p)
+                    for p in annotator.predict(batch)
+                ]
             for fut in pending:
                 fut.result()
 
