@@ -47,15 +47,18 @@ def label_and_confidence(
     return label.to(torch.uint8), conf_u8
 
 
-def source_index(out_size: int, in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def source_index(
+    out_size: int, in_size: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bilinear (align_corners=False) source rows for each of `out_size` output rows.
 
     Returns (i0, i1, frac): (out_size,) long indices of the two source rows and the weight
     of i1, computed as torch's `F.interpolate` does (source = (dst + 0.5) * in/out - 0.5,
-    clamped at 0; i1 = i0 + 1 except on the last row).
+    clamped at 0; i1 = i0 + 1 except on the last row), on `device`.
     """
     scale = in_size / out_size
-    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0.0)
+    rows = torch.arange(out_size, dtype=torch.float32, device=device)
+    src = ((rows + 0.5) * scale - 0.5).clamp_(min=0.0)
     i0 = src.floor().long().clamp_(max=in_size - 1)
     i1 = (i0 + 1).clamp_(max=in_size - 1)
     return i0, i1, src - i0
@@ -89,8 +92,8 @@ def upsampled_label_and_confidence(
     prob_low, label_low = torch.softmax(logits, dim=1).max(dim=1)  # (B, h, w) each
     agree_low = _corner_agreement(label_low)
 
-    i0, i1, fy = source_index(out_h, h)
-    j0, j1, fx = source_index(out_w, w)
+    i0, i1, fy = source_index(out_h, h, logits.device)
+    j0, j1, fx = source_index(out_w, w, logits.device)
     # Resizing a single plane separably (width, then height) is ~2x faster on CPU than
     # the 2-D kernel, and bilinear interpolation is separable, so nothing changes.
     conf = F.interpolate(prob_low.unsqueeze(1), size=(h, out_w), mode="bilinear")
