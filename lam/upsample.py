@@ -96,7 +96,9 @@ def upsampled_label_and_confidence(
     j0, j1, fx = source_index(out_w, w, logits.device)
     # Resizing a single plane separably (width, then height) is ~2x faster on CPU than
     # the 2-D kernel, and bilinear interpolation is separable, so nothing changes.
-    conf = F.interpolate(prob_low.unsqueeze(1), size=(h, out_w), mode="bilinear")
+    # Scaled to 0-255 at low resolution, so the full-resolution plane only needs rounding
+    # (bilinear weights are convex: the values stay in [0, 255]).
+    conf = F.interpolate(prob_low.mul_(255.0).unsqueeze(1), size=(h, out_w), mode="bilinear")
     conf = F.interpolate(conf, size=(out_h, out_w), mode="bilinear").view(b, -1)
     # Columns first: the second gather then copies whole rows.
     label = label_low.to(torch.uint8).index_select(2, j0).index_select(1, i0).view(b, -1)
@@ -108,24 +110,25 @@ def upsampled_label_and_confidence(
         # resizing every logit plane. Same labels; confidence exact everywhere.
         dense = F.interpolate(logits, size=(out_h, out_w), mode="bilinear")
         return label_and_confidence(dense, inplace=True)
-    frame, pixel = straddles.nonzero(as_tuple=True)  # (n,) each
-    if pixel.numel():
-        row, col = pixel.div(out_w, rounding_mode="floor"), pixel % out_w
+    # (n,) each; index_select on the small per-row/column tables below is ~4x faster on CPU
+    # than advanced indexing, and the 3-D nonzero saves dividing flat indices.
+    frame, row, col = straddles.view(b, out_h, out_w).nonzero(as_tuple=True)
+    if row.numel():
         base = frame * (h * w)
-        r0, r1 = base + i0[row] * w, base + i1[row] * w
-        c0, c1 = j0[col], j1[col]
+        r0 = base + i0.index_select(0, row) * w
+        r1 = base + i1.index_select(0, row) * w
+        c0, c1 = j0.index_select(0, col), j1.index_select(0, col)
         # Gather whole (C,) rows (contiguous copies), then put the classes on the outer
         # dimension: softmax and max over them are then vectorised along the n pixels (over
         # an inner dimension of 11 they are ~10x slower).
         corners = logits.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
-        wx, wy = fx[col].unsqueeze(1), fy[row].unsqueeze(1)
+        wx, wy = fx.index_select(0, col).unsqueeze(1), fy.index_select(0, row).unsqueeze(1)
         top = torch.lerp(corners.index_select(0, r0 + c0), corners.index_select(0, r0 + c1), wx)
         bottom = torch.lerp(corners.index_select(0, r1 + c0), corners.index_select(0, r1 + c1), wx)
         edge = torch.lerp(top, bottom, wy).t().contiguous()  # (C, n)
         edge_prob, edge_label = torch.softmax(edge, dim=0).max(dim=0)
-        out_index = frame * (out_h * out_w) + pixel
+        out_index = (frame * out_h + row) * out_w + col
         label.view(-1).index_copy_(0, out_index, edge_label.to(torch.uint8))
-        conf.view(-1).index_copy_(0, out_index, edge_prob)
+        conf.view(-1).index_copy_(0, out_index, edge_prob.mul_(255.0))
     label, conf = label.view(b, out_h, out_w), conf.view(b, out_h, out_w)
-    conf_u8 = conf.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return label, conf_u8
+    return label, conf.round_().to(torch.uint8)
