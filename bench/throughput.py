@@ -11,7 +11,8 @@ randomly initialised head instead, whose noisy map takes the dense path (the wor
 backbone_unoptimised = the model's own
 `extract` (the plain timm forward), for reference. Passes are interleaved (backbone,
 annotate, unoptimised, backbone, ...) and each rate is the median over repeats, so
-load from other processes hits all of them alike. Prints JSON (and writes it with --out).
+load from other processes hits all of them alike; `ratio_paired` is the median of the
+per-repeat ratios (each from two back-to-back passes). Prints JSON (and writes it with --out).
 
     .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 24] [--batch 4]
         [--seed STEM | --untrained] [--out F]
@@ -152,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         "backbone_fps": round(fps["backbone"], 2),
         "annotate_fps": round(fps["annotate"], 2),
         "ratio": round(fps["annotate"] / fps["backbone"], 3),
+        # Median over repeats of backbone time / annotate time within one repeat: the two
+        # passes run back to back, so a drift of the machine's speed (up to 1.5x between
+        # minutes here) hits both; the ratio of the medians above mixes different moments.
+        "ratio_paired": round(
+            float(np.median(np.array(seconds["backbone"]) / np.array(seconds["annotate"]))), 3
+        ),
         "backbone_unoptimised_fps": round(fps["backbone_unoptimised"], 2),
         "backbone_speedup": round(fps["backbone"] / fps["backbone_unoptimised"], 3),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
