@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from lam.errors import LamflowError
 from lam.modeling.backbone import inference_backbone
@@ -85,13 +84,6 @@ class Annotator:
         a copy to NCHW here would only be copied back there.
         """
         return list(self.backbone(images.contiguous(memory_format=torch.channels_last)))
-
-    @torch.inference_mode()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 -> (B, C, H, W) float logits at full resolution."""
-        images = images.to(self.device)
-        out = self.model.head(self.features(images), images)
-        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
