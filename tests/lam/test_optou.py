@@ -1,5 +1,8 @@
+import pytest
 import torch
+from torch.nn import functional as F
 
+from lam.modeling.lam import block_mean_rgb
 from lam.modeling.optou import OptOU, local_affinity, propagate
 
 
@@ -34,3 +37,19 @@ def test_gradients_reach_alpha_and_eta():
     torch.nn.functional.cross_entropy(out, torch.randint(0, 3, (1, 6, 7))).backward()
     assert optou.alpha.grad is not None and optou.alpha.grad.abs().sum() > 0
     assert optou.eta.grad is not None and optou.eta.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "size"),
+    [((360, 480), (90, 120)), ((37, 53), (10, 14)), ((256, 256), (8, 8)), ((12, 9), (4, 3))],
+)
+def test_block_mean_rgb_matches_average_pooling(frame, size):
+    # Divisible sizes take the integer block sums (int32 for 32x32 blocks), others adaptive
+    # pooling; frames come as a channels-last view of (B, H, W, 3) or as plain NCHW.
+    gen = torch.Generator().manual_seed(0)
+    hwc = torch.randint(0, 256, (2, *frame, 3), dtype=torch.uint8, generator=gen)
+    expected = F.adaptive_avg_pool2d(hwc.permute(0, 3, 1, 2).float(), size)
+    for images in (hwc.permute(0, 3, 1, 2), hwc.permute(0, 3, 1, 2).contiguous()):
+        got = block_mean_rgb(images, size)
+        assert got.shape == (2, 3, *size) and got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
