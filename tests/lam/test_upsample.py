@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lam.upsample import label_and_confidence, source_index, upsampled_label_and_confidence
+from lam.upsample import (
+    _corner_agreement,
+    _resolve_cells,
+    _resolve_pixels,
+    label_and_confidence,
+    source_index,
+    upsampled_label_and_confidence,
+)
 
 
 def _smooth_logits(b: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -25,7 +32,13 @@ def _reference(logits: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize(
     "low, size",
-    [((90, 120), (360, 480)), ((91, 121), (361, 483)), ((7, 9), (7, 9)), ((5, 6), (37, 53))],
+    [
+        ((90, 120), (360, 480)),  # whole multiples: resolved per low-res cell
+        ((12, 16), (36, 80)),  # odd and different scales per direction
+        ((7, 9), (7, 9)),
+        ((91, 121), (361, 483)),  # not whole multiples: resolved pixel by pixel
+        ((5, 6), (37, 53)),
+    ],
 )
 def test_label_is_the_argmax_of_the_resized_logits(low, size):
     logits = _smooth_logits(3, 6, *low, seed=sum(size))
@@ -75,3 +88,21 @@ def test_noisy_maps_fall_back_to_the_dense_resize():
     label, conf = upsampled_label_and_confidence(logits, (48, 64))
     want_label, want_conf = _reference(logits, (48, 64))
     assert torch.equal(label, want_label) and torch.equal(conf, want_conf)
+
+
+def test_cell_and_pixel_paths_resolve_the_same_pixels_alike():
+    # Where the frame is a whole multiple of the grid both paths apply; every pixel the cell
+    # path resolves that the pixel path also resolves gets the same label and probability.
+    logits = _smooth_logits(2, 5, 10, 12, seed=7)
+    label_low = torch.softmax(logits, 1).argmax(1)
+    cells = _resolve_cells(logits, label_low, (40, 36))
+    assert cells is not None
+    pixels = _resolve_pixels(
+        logits, _corner_agreement(label_low), source_index(40, 10), source_index(36, 12)
+    )
+    by_cell = {int(i): (int(lb), float(p)) for i, lb, p in zip(*cells)}
+    shared = [(int(i), int(lb), float(p)) for i, lb, p in zip(*pixels) if int(i) in by_cell]
+    assert len(shared) > 0.9 * pixels[0].numel()  # they differ only on the border rows
+    for i, lb, p in shared:
+        assert by_cell[i][0] == lb and abs(by_cell[i][1] - p) < 1e-5
+    assert _resolve_cells(logits, label_low, (41, 36)) is None
