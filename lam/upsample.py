@@ -172,12 +172,10 @@ def upsampled_label_and_confidence(
 
     i0, i1, fy = source_index(out_h, h, logits.device)
     j0, j1, fx = source_index(out_w, w, logits.device)
-    # Resizing a single plane separably (width, then height) is ~2x faster on CPU than
-    # the 2-D kernel, and bilinear interpolation is separable, so nothing changes.
     # Scaled to 0-255 at low resolution, so the full-resolution plane only needs rounding
     # (bilinear weights are convex: the values stay in [0, 255]).
-    conf = F.interpolate(prob_low.mul_(255.0).unsqueeze(1), size=(h, out_w), mode="bilinear")
-    conf = F.interpolate(conf, size=(out_h, out_w), mode="bilinear").view(b, -1)
+    conf = F.interpolate(prob_low.mul_(255.0).unsqueeze(1), size=(out_h, out_w), mode="bilinear")
+    conf = conf.view(b, -1)
     # Columns first: the second gather then copies whole rows.
     label = label_low.to(torch.uint8).index_select(2, j0).index_select(1, i0).view(b, -1)
 
