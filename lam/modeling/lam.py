@@ -60,12 +60,12 @@ def block_mean_rgb(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     every frame first (and frames arrive as a channels-last view of (B, H, W, 3) arrays).
     Here the block rows are summed as small integers straight from the interleaved uint8
     pixels, then the block columns, and only the (h, w) result becomes float: ~4x faster on
-    CPU, and exactly the same means (integer sums, one division). Sizes that do not divide
-    fall back to adaptive average pooling.
+    CPU, and exactly the same means (integer sums, one division). Sizes that do not divide,
+    and frames that are not uint8, fall back to adaptive average pooling.
     """
     b, _, big_h, big_w = images.shape
     h, w = size
-    if big_h % h or big_w % w:
+    if images.dtype != torch.uint8 or big_h % h or big_w % w:
         return F.adaptive_avg_pool2d(images.float(), size)
     sy, sx = big_h // h, big_w // w
     acc_dtype = torch.int16 if 255 * sy * sx <= torch.iinfo(torch.int16).max else torch.int32

@@ -53,3 +53,5 @@ def test_block_mean_rgb_matches_average_pooling(frame, size):
         got = block_mean_rgb(images, size)
         assert got.shape == (2, 3, *size) and got.dtype == torch.float32
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    floats = hwc.permute(0, 3, 1, 2).float()  # not uint8: pooled as floats, same means
+    torch.testing.assert_close(block_mean_rgb(floats, size), expected, rtol=0, atol=1e-4)
