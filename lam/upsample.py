@@ -72,11 +72,14 @@ def source_index(
 
 
 def _corner_agreement(label: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) ids -> (B, h, w) bool: cell (i, i+1) x (j, j+1) has one id at its 4 corners.
+    """(B, h, w) ids -> (B, h + 1, w + 1) bool: one id at all 4 corners of each cell.
 
-    The last row/column pairs with itself, as `source_index` clamps it.
+    Cells of the grid padded by one replicated row and column on each side: cell (i, j)
+    spans real rows i - 1 and i and columns j - 1 and j. So [:, 1:, 1:] are the cells
+    (i, i + 1) x (j, j + 1) with the last row/column paired with itself, as `source_index`
+    clamps them, and the first row/column of cells covers the frame's top/left border.
     """
-    padded = F.pad(label.unsqueeze(1).float(), (0, 1, 0, 1), mode="replicate").squeeze(1)
+    padded = F.pad(label.unsqueeze(1).float(), (1, 1, 1, 1), mode="replicate").squeeze(1)
     padded = padded.to(label.dtype)
     here = padded[:, :-1, :-1]
     return (here == padded[:, 1:, :-1]) & (here == padded[:, :-1, 1:]) & (here == padded[:, 1:, 1:])
@@ -96,13 +99,13 @@ def _cell_offsets(scale: int) -> tuple[int, torch.Tensor]:
 
 
 def _resolve_cells(
-    logits: torch.Tensor, label_low: torch.Tensor, size: tuple[int, int]
+    logits: torch.Tensor, agree: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Straddling pixels resolved per cell, for frames a whole multiple of the grid.
 
-    logits (B, C, h, w), label_low (B, h, w) its argmax -> (out_index (n,) flat indices into
-    (B, H, W), label (n,) uint8, prob (n,) float max softmax), or None when the scale is
-    not an integer in both directions (the caller resolves pixel by pixel then).
+    logits (B, C, h, w), agree (B, h + 1, w + 1) from `_corner_agreement` -> (out_index (n,)
+    flat indices into (B, H, W), label (n,) uint8, prob (n,) float max softmax), or None
+    when the scale is not an integer in both directions (the caller resolves pixel by pixel).
     """
     b, c, h, w = logits.shape
     out_h, out_w = size
@@ -113,11 +116,7 @@ def _resolve_cells(
     first_x, wx = _cell_offsets(sx)
     # Cell (i, j) of the padded grid has corners (i, j)..(i + 1, j + 1), i.e. real rows
     # i - 1 and i; cells run over i in [0, h] and j in [0, w].
-    padded_label = F.pad(label_low.unsqueeze(1).float(), (1, 1, 1, 1), mode="replicate")
-    lp = padded_label.squeeze(1).to(label_low.dtype)
-    here = lp[:, :-1, :-1]
-    agree = (here == lp[:, 1:, :-1]) & (here == lp[:, :-1, 1:]) & (here == lp[:, 1:, 1:])
-    frame, ci, cj = agree.logical_not_().nonzero(as_tuple=True)  # (n,) each
+    frame, ci, cj = agree.logical_not().nonzero(as_tuple=True)  # (n,) each
     if ci.numel() == 0:
         empty = torch.zeros(0, dtype=torch.long, device=logits.device)
         return empty, empty.to(torch.uint8), empty.float()
@@ -164,7 +163,8 @@ def upsampled_label_and_confidence(
     logits = logits.float().contiguous()
     b, c, h, w = logits.shape
     prob_low, label_low = torch.softmax(logits, dim=1).max(dim=1)  # (B, h, w) each
-    agree_low = _corner_agreement(label_low)
+    agree = _corner_agreement(label_low)  # (B, h + 1, w + 1), border cells included
+    agree_low = agree[:, 1:, 1:]  # (B, h, w): cell (i, i + 1) x (j, j + 1)
     if agree_low.logical_not().sum().item() > DENSE_ABOVE * agree_low.numel():
         # A noisy map (an untrained head, white noise): per-pixel gathers would cost more than
         # resizing every logit plane. Same labels; confidence exact everywhere.
@@ -180,7 +180,7 @@ def upsampled_label_and_confidence(
     # Columns first: the second gather then copies whole rows.
     label = label_low.to(torch.uint8).index_select(2, j0).index_select(1, i0).view(b, -1)
 
-    edges = _resolve_cells(logits, label_low, (out_h, out_w))
+    edges = _resolve_cells(logits, agree, (out_h, out_w))
     if edges is None:
         edges = _resolve_pixels(logits, agree_low, (i0, i1, fy), (j0, j1, fx))
     out_index, edge_label, edge_prob = edges
@@ -199,7 +199,8 @@ def _resolve_pixels(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Straddling pixels resolved one by one, for any frame size.
 
-    logits (B, C, h, w); agree_low (B, h, w) from `_corner_agreement`; rows / cols the
+    logits (B, C, h, w); agree_low (B, h, w) the cells (i, i + 1) x (j, j + 1) of
+    `_corner_agreement` (its [:, 1:, 1:]); rows / cols the
     `source_index` tables of the output rows / columns -> (out_index (n,) flat indices into
     (B, H, W), label (n,) uint8, prob (n,) float max softmax).
     """

@@ -94,15 +94,14 @@ def test_cell_and_pixel_paths_resolve_the_same_pixels_alike():
     # Where the frame is a whole multiple of the grid both paths apply; every pixel the cell
     # path resolves that the pixel path also resolves gets the same label and probability.
     logits = _smooth_logits(2, 5, 10, 12, seed=7)
-    label_low = torch.softmax(logits, 1).argmax(1)
-    cells = _resolve_cells(logits, label_low, (40, 36))
+    agree = _corner_agreement(torch.softmax(logits, 1).argmax(1))
+    assert agree.shape == (2, 11, 13)
+    cells = _resolve_cells(logits, agree, (40, 36))
     assert cells is not None
-    pixels = _resolve_pixels(
-        logits, _corner_agreement(label_low), source_index(40, 10), source_index(36, 12)
-    )
+    pixels = _resolve_pixels(logits, agree[:, 1:, 1:], source_index(40, 10), source_index(36, 12))
     by_cell = {int(i): (int(lb), float(p)) for i, lb, p in zip(*cells)}
     shared = [(int(i), int(lb), float(p)) for i, lb, p in zip(*pixels) if int(i) in by_cell]
     assert len(shared) > 0.9 * pixels[0].numel()  # they differ only on the border rows
     for i, lb, p in shared:
         assert by_cell[i][0] == lb and abs(by_cell[i][1] - p) < 1e-5
-    assert _resolve_cells(logits, label_low, (41, 36)) is None
+    assert _resolve_cells(logits, agree, (41, 36)) is None
