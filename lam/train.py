@@ -76,8 +76,9 @@ def _augmented_views(
     image: np.ndarray, label: np.ndarray, scales: Sequence[float], hflip: bool
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(H, W, 3) uint8 + (H, W) ids -> list of ((1, 3, h, w) uint8, (1, h, w) int64) views."""
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    lab = torch.from_numpy(np.ascontiguousarray(label)).long()[None, None]
+    # A copy: decoded frames may be read-only views of the decoder's buffer.
+    img = torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)[None]
+    lab = torch.from_numpy(np.array(label, order="C")).long()[None, None]
     views = []
     for s in scales:
         if s == 1.0:
