@@ -1,18 +1,18 @@
 """Frames/s of the annotate path end to end vs the bare backbone forward, on the same frames.
 
-annotate = JPEG decode + Annotator.predict (backbone, head, OptOU, full-res label and
-confidence) + PNG encode of label and confidence (`lam.imageio.encode_png`, as in
-tasks/annotate.py). backbone = the frozen backbone's forward exactly as annotate runs it
-(`Annotator.features`: the same optimised module, same batch size) on the same, already
-decoded frames: the ceiling any head can reach. The head is trained on one seed frame
-(`--seed`, default the first of params.yaml's seeds) because its output decides the work after
-the backbone (lam.upsample resolves only pixels near class changes); `--untrained` times a
-randomly initialised head instead, whose noisy map takes the dense path (the worst case).
-backbone_unoptimised = the model's own
-`extract` (the plain timm forward), for reference. Passes are interleaved (backbone,
-annotate, unoptimised, backbone, ...) and each rate is the median over repeats, so
-load from other processes hits all of them alike; `ratio_paired` is the median of the
-per-repeat ratios (each from two back-to-back passes). Prints JSON (and writes it with --out).
+annotate = JPEG decode (`lam.imageio.decode_image`) + Annotator.predict (backbone, head,
+OptOU, full-res label and confidence) + PNG encode of label and confidence
+(`lam.imageio.encode_png`), with tasks/annotate.py's thread pools. backbone = the frozen
+backbone's forward exactly as annotate runs it (`Annotator.features`: the same optimised
+module, same batch size) on the same, already decoded frames: the ceiling any head can reach.
+The head is trained on one seed frame (`--seed`, default the first of params.yaml's seeds)
+because its output decides the work after the backbone (lam.upsample resolves only pixels
+near class changes); `--untrained` times a randomly initialised head instead, whose noisy
+map takes the dense path (the worst case). backbone_unoptimised = the model's own `extract`
+(the plain timm forward), for reference. Passes are interleaved (backbone, annotate,
+unoptimised, backbone, ...) and each rate is the median over repeats, so load from other
+processes hits all of them alike; `ratio_paired` is the median of the per-repeat ratios
+(each from two back-to-back passes). Prints JSON (and writes it with --out).
 
     .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 24] [--batch 4]
         [--seed STEM | --untrained] [--out F]
@@ -21,24 +21,23 @@ per-repeat ratios (each from two back-to-back passes). Prints JSON (and writes i
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
 from lam.classes import ClassList  # noqa: E402
-from lam.imageio import encode_png  # noqa: E402
+from lam.imageio import decode_image, decode_label, encode_png  # noqa: E402
 from lam.predictor import Annotator  # noqa: E402
 from lam.train import train_head  # noqa: E402
 from tasks.annotate import CPU_THREADS, IO_THREADS  # noqa: E402
@@ -72,21 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         if not seed_image.is_file() or not seed_label.is_file():
             print(f"error: no train frame {args.seed!r} under {root}", file=sys.stderr)
             return 2
-        image = np.array(Image.open(seed_image).convert("RGB"))
-        label = np.array(Image.open(seed_label))
+        image = decode_image(seed_image.read_bytes(), args.seed)
+        label = decode_label(seed_label.read_bytes(), args.seed)
         train_head(model, [image], [label], ClassList.from_json(classes).ignore_index)
         head = f"trained on {args.seed}"
     annotator = Annotator(model, device="cpu", batch_size=args.batch)
     paths = sorted((root / "val" / "images").glob("*.jpg"))[: args.frames]
     blobs = [p.read_bytes() for p in paths]
-    decoded = [np.array(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]
+    decoded = [decode_image(b) for b in blobs]
     batches = [
         torch.from_numpy(np.stack(decoded[i : i + args.batch])).permute(0, 3, 1, 2)
         for i in range(0, len(decoded), args.batch)
     ]
-
-    def decode(blob: bytes) -> np.ndarray:
-        return np.array(Image.open(io.BytesIO(blob)).convert("RGB"))
 
     def encode(pred) -> None:  # noqa: ANN001
         encode_png(pred.label)
@@ -99,22 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             ThreadPoolExecutor(max_workers=CPU_THREADS) as cpu,
             ThreadPoolExecutor(max_workers=IO_THREADS) as io,
         ):
-            frames = io.map(lambda blob: cpu.submit(decode, blob).result(), blobs)
-            pending = []
-            batch: list[np.ndarray] = []
-            for frame in frames:
-                batch.append(frame)
-                if len(batch) == args.batch:
-                    pending += [
-                        io.submit(lambda p: cpu.submit(encode, p).result(), p)
-                        for p in annotator.predict(batch)
-                    ]
-                    batch = []
-            if batch:
-                pending += [
-                    io.submit(lambda p: cpu.submit(encode, p).result(), p)
-                    for p in annotator.predict(batch)
-                ]
+            frames = io.map(lambda blob: cpu.submit(decode_image, blob).result(), blobs)
+            pending = [
+                io.submit(lambda p: cpu.submit(encode, p).result(), p)
+                for batch in iter(lambda: list(islice(frames, args.batch)), [])
+                for p in annotator.predict(batch)
+            ]
             for fut in pending:
                 fut.result()
 
