@@ -9,6 +9,11 @@ also given the embeddings of every val frame, the frames the seeds will serve (p
 never their labels), as `lamflow select-seeds --targets` would be when seeds are picked from
 an archive for a new drive; `--targets none` selects on the pool alone.
 
+With `--neighbours N`, each selected set is also scored N more times with every seed swapped
+for a frame next to it in capture order (offsets +1, -1, +2, -2, ...; same drive). CamVid's
+labelled frames are 1 s apart, so these are the frames de-duplication treats as the same
+scene: their spread is how much of a set's score is the rule and how much is the exact frame.
+
     .venv/bin/python bench/seeds.py --budgets 1 3 5 --draws 10 --iterations 100 --val-step 3
 """
 
@@ -72,6 +77,25 @@ def train_and_score(classes: dict, backbone, images, labels, val, settings: Trai
     return 100.0 * acc.scores().miou
 
 
+def neighbour_sets(stems: list[str], chosen: list[int], count: int) -> list[list[int]]:
+    """`count` variants of the pool indices `chosen`, every seed moved by the same offset
+    (+1, -1, +2, -2, ...) in capture order; a seed whose neighbour is in another drive (or
+    outside the pool) moves the other way. Variants that collide with a chosen frame are kept:
+    near-duplicates are the point."""
+    drive = [s.split("_")[0] for s in stems]
+    offsets = [sign * k for k in range(1, count + 1) for sign in (1, -1)][:count]
+    variants = []
+    for off in offsets:
+        moved = []
+        for i in chosen:
+            j = i + off
+            if not (0 <= j < len(stems) and drive[j] == drive[i]):
+                j = i - off
+            moved.append(j if 0 <= j < len(stems) and drive[j] == drive[i] else i)
+        variants.append(moved)
+    return variants
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--camvid", default=os.environ.get("LAMFLOW_CAMVID", "../shared/data/camvid"))
@@ -91,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["typical", "patches"],
         default="typical",
         help="k-center's first seed: most typical frame, or best patch coverage of the targets",
+    )
+    ap.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="also score N variants of each selected set shifted along capture order",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on busy hosts)")
     ap.add_argument("--out", default="outputs/bench/seeds.json")
@@ -124,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "dedupe_threshold": args.dedupe_threshold,
         "targets": "every CamVid val frame (pixels only)" if targets is not None else "none",
         "kcenter_start": args.start,
+        "neighbours": args.neighbours,
         "budgets": {},
     }
     rng = np.random.default_rng(0)
@@ -144,6 +175,20 @@ def main(argv: list[str] | None = None) -> int:
             miou = train_and_score(classes, backbone, ims, labs, val, settings)
             row[method] = {"stems": [pool[i][0] for i in idx], "miou": round(miou, 2)}
             print(f"B={budget} {method}: {miou:.2f} {row[method]['stems']}", flush=True)
+            if args.neighbours:
+                stems = [p[0] for p in pool]
+                shifted = []
+                for variant in neighbour_sets(stems, idx, args.neighbours):
+                    ims, labs = [pool[i][1] for i in variant], [pool[i][2] for i in variant]
+                    score = train_and_score(classes, backbone, ims, labs, val, settings)
+                    shifted.append({"stems": [stems[i] for i in variant], "miou": round(score, 2)})
+                    print(f"  neighbours {shifted[-1]['stems']}: {score:.2f}", flush=True)
+                scores = [v["miou"] for v in shifted]
+                row[method]["neighbours"] = {
+                    "sets": shifted,
+                    "mean": round(float(np.mean(scores)), 2),
+                    "std": round(float(np.std(scores)), 2),
+                }
         randoms = []
         for _ in tqdm(range(args.draws), desc=f"random B={budget}", leave=False):
             draw = rng.choice(len(pool), size=budget, replace=False)
@@ -154,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         row["random_mean"], row["random_std"] = round(mean, 2), round(std, 2)
         for method in args.methods:
             row[method]["meets_target"] = bool(row[method]["miou"] >= mean + std)
+            if "neighbours" in row[method]:
+                n = row[method]["neighbours"]
+                n["meet_target"] = sum(v["miou"] >= mean + std for v in n["sets"])
         results["budgets"][str(budget)] = row
         print(
             f"B={budget}: "
