@@ -68,6 +68,17 @@ def train(
     )
     bar.close()
     version = save_model(out, net, config)
+    # A class no seed pixel shows gets no training signal, so the model never predicts it
+    # (CamVid: a single frame often lacks 3-5 of the 11 classes, each then scoring 0 IoU).
+    unseen = [name for name, n in zip(class_list.names, report.class_pixels) if n == 0]
+    if unseen:
+        log.warning(
+            "%d of %d classes have no seed pixel and will never be predicted: %s "
+            "(add a seed frame that shows them; select-seeds --labels adds such frames)",
+            len(unseen),
+            len(class_list.names),
+            ", ".join(unseen),
+        )
     summary = {
         "model_version": version,
         "out": out,
@@ -76,6 +87,7 @@ def train(
         "views": report.views,
         "final_loss": round(report.final_loss, 4),
         "class_pixels": dict(zip(class_list.names, report.class_pixels)),
+        "unseen_classes": unseen,
         "model": model.model_dump(),
         "train": {k: v for k, v in asdict(lam_settings).items()},
     }

@@ -83,7 +83,15 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(
         args.images, args.labels, args.classes, args.seeds, args.out, params.model, params.train
     )
-    print(json.dumps({k: summary[k] for k in ("model_version", "out", "seconds", "final_loss")}))
+    keys = ("model_version", "out", "seconds", "final_loss", "unseen_classes")
+    print(json.dumps({k: summary[k] for k in keys}))
+    if summary["unseen_classes"]:
+        print(
+            "lamflow: warning: no seed pixel shows "
+            + ", ".join(summary["unseen_classes"])
+            + ": the model will never predict them; add a seed frame that does",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -99,6 +99,26 @@ def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: 
     assert again["skipped"] == 6 and again["labeled"] == 0
 
 
+def test_train_warns_about_classes_no_seed_shows(scene_folder: Path, tmp_path: Path, capsys):
+    """A seed without any car pixel: the model cannot learn 'car', and train says so on
+    stderr and in its JSON and report (unseen_classes), instead of failing silently later."""
+    lab = np.array(Image.open(scene_folder / "labels" / "drive1_0000.png"))
+    lab[lab == 2] = 1  # the car becomes road
+    Image.fromarray(lab).save(scene_folder / "labels" / "drive1_0000.png")
+    capsys.readouterr()
+    assert _train(scene_folder, tmp_path / "model") == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["unseen_classes"] == ["car"]
+    assert "no seed pixel shows car" in captured.err
+    report = json.loads((tmp_path / "model" / "train_report.json").read_text())
+    assert report["unseen_classes"] == ["car"] and report["class_pixels"]["car"] == 0
+    # Seeds that show every class: nothing to warn about.
+    assert _train(scene_folder, tmp_path / "model2", seeds=("drive1_0001",)) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["unseen_classes"] == []
+    assert "no seed pixel" not in captured.err
+
+
 def test_annotate_never_reads_labels(scene_folder: Path, model_dir: Path, tmp_path: Path):
     """Leakage test: predictions are byte-identical with and without the label folder."""
     with_labels = tmp_path / "a"
