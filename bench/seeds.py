@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             row[method]["meets_target"] = bool(row[method]["miou"] >= mean + std)
             if "neighbours" in row[method]:
                 n = row[method]["neighbours"]
-                n["meet_target"] = sum(v["miou"] >= mean + std for v in n["sets"])
+                n["sets_meeting_target"] = sum(v["miou"] >= mean + std for v in n["sets"])
         results["budgets"][str(budget)] = row
         print(
             f"B={budget}: "
