@@ -4,7 +4,9 @@ Prints JSON: mIoU/mF1 for 1 and 5 seeds (averaged over deterministic seed draws)
 without the optional adaptation step (self-training on val frames' pixels only, never their
 labels), plus train and adapt seconds. With `--select`, also for the 1 and 5 seeds that
 `select_seeds` (k-center, default settings) picks from the same pool for the val frames
-(`targets`: their pixels, never their labels): the seeds the product would ask a human for.
+(`targets`: their pixels, never their labels): the seeds the product would ask a human for;
+and for those plus the frames its coverage pass adds so that every class the pool's labels
+show is in some seed (`*_plus_coverage`; the pool is a labelled archive).
 
     .venv/bin/python bench/quality.py [--camvid PATH] [--draws1 3] [--draws5 3] [--val-step 2]
 """
@@ -137,12 +139,29 @@ def main(argv: list[str] | None = None) -> int:
         rows = [run(draw, f"{n_seeds}seed") for draw in seed_draws(pool, n_seeds, n_draws)]
         results["runs"][f"{n_seeds}_seed"] = summarise(rows)
     if args.select:
-        pool_emb = embed_frames(backbone, [_load(root, "train", s)[0] for s in pool])
+        pool_frames = [_load(root, "train", s) for s in pool]
+        pool_emb = embed_frames(backbone, [image for image, _ in pool_frames])
         targets = embed_frames(backbone, all_val_images)
+        # The pool is a labelled archive, so which classes each frame shows is known: the
+        # coverage pass adds frames until every class the archive shows is in some seed.
+        presence = np.stack(
+            [
+                np.bincount(label.ravel(), minlength=256)[: cl.num_classes] > 0
+                for _, label in pool_frames
+            ]
+        )
         for budget in (1, 5):
             picked = select_seeds(pool_emb, budget, targets=targets).seeds
             draw = [pool[s.index] for s in picked]
             results["runs"][f"{budget}_seed_selected"] = summarise([run(draw, f"{budget}selected")])
+            covered = select_seeds(
+                pool_emb, budget, targets=targets, presence=presence, class_names=list(cl.names)
+            ).seeds
+            if len(covered) > budget:
+                draw = [pool[s.index] for s in covered]
+                results["runs"][f"{budget}_seed_selected_plus_coverage"] = summarise(
+                    [run(draw, f"{budget}selected+coverage")]
+                )
     print(json.dumps(results, indent=2))
     return 0
 
