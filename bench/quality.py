@@ -34,6 +34,7 @@ from lam.metrics import ConfusionAccumulator  # noqa: E402
 from lam.seeds.embed import embed_frames  # noqa: E402
 from lam.seeds.select import select_seeds  # noqa: E402
 from lam.train import TrainSettings, train_head  # noqa: E402
+from tasks.select_seeds import class_presence  # noqa: E402
 
 SEED_DRIVES = ("0006R0", "0001TP")
 
@@ -142,14 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         pool_frames = [_load(root, "train", s) for s in pool]
         pool_emb = embed_frames(backbone, [image for image, _ in pool_frames])
         targets = embed_frames(backbone, all_val_images)
-        # The pool is a labelled archive, so which classes each frame shows is known: the
-        # coverage pass adds frames until every class the archive shows is in some seed.
-        presence = np.stack(
-            [
-                np.bincount(label.ravel(), minlength=256)[: cl.num_classes] > 0
-                for _, label in pool_frames
-            ]
-        )
+        # The pool is a labelled archive, so which classes each frame shows is known (read as
+        # `lamflow select-seeds --labels` reads it): the coverage pass adds frames until every
+        # class the archive shows is in some seed.
+        presence = class_presence(str(root / "train" / "labels"), pool, cl)
         for budget in (1, 5):
             picked = select_seeds(pool_emb, budget, targets=targets).seeds
             draw = [pool[s.index] for s in picked]
