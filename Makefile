@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LS_VENV := .venv-labelstudio
+LABEL_STUDIO_PORT ?= 8080
 CAMVID ?= $(or $(LAMFLOW_CAMVID),../shared/data/camvid)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -10,7 +12,8 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test lint typecheck unit bench bench-pipeline repro nightly s3-up s3-down ui clean
+.PHONY: venv labelstudio-venv demo test lint typecheck unit bench bench-pipeline repro nightly s3-up \
+	s3-down labelstudio-up labelstudio-down ui clean
 
 # The stamp is rebuilt whenever the pinned requirements or the package metadata change.
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -20,6 +23,15 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 venv: $(BIN)/.installed
+
+# Label Studio (review loop) gets its own venv: its pins clash with ours; we talk to it over HTTP.
+$(LS_VENV)/.installed: requirements-labelstudio.txt
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet -r requirements-labelstudio.txt
+	@touch $@
+
+labelstudio-venv: $(LS_VENV)/.installed
 
 demo: venv
 	$(BIN)/lamflow demo --camvid $(CAMVID) --out outputs/demo
@@ -35,7 +47,8 @@ unit: venv
 	$(BIN)/pytest -m "not slow and not integration" -q
 
 # pytest exits 5 when it collects nothing; that is reported, not treated as a failure.
-test: lint typecheck
+# The Label Studio venv is needed by the review tests (tests/review), which fail without it in CI.
+test: lint typecheck labelstudio-venv
 	$(BIN)/pytest -q --durations=15 -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -58,6 +71,12 @@ s3-up: venv
 
 s3-down: venv
 	$(BIN)/python -m lamflow.s3server down
+
+labelstudio-up: venv labelstudio-venv
+	$(BIN)/python -m lamflow.labelstudio up --port $(LABEL_STUDIO_PORT)
+
+labelstudio-down: venv
+	$(BIN)/python -m lamflow.labelstudio down
 
 ui: venv
 	$(BIN)/prefect config set PREFECT_SERVER_ANALYTICS_ENABLED=false >/dev/null

@@ -1,5 +1,9 @@
 """Label Studio tasks with brush masks (`brushlabels`, `"format": "rle"`), export and import.
 
+`labels_to_tasks` / `tasks_to_labels` are the file export and import; `review_task` and
+`annotation_to_label` are the two ends of the live review loop (a task with the model's mask as
+an editable prediction; one reviewer's brush strokes and keypoint clicks back to class ids).
+
 Label Studio's brush RLE is its own format (label-studio-converter `brush.py`, after thi.ng's
 rle-pack), not COCO RLE. The mask is an RGBA image flattened row-major, (H * W * 4) bytes, of
 which import reads the alpha channel. The byte stream is a bit string:
@@ -115,6 +119,34 @@ def brush_rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray
     return flat.reshape(height, width, 4)[:, :, 3] > 0
 
 
+def _brush_results(
+    stem: str, label: np.ndarray, classes: ClassList, from_name: str, to_name: str
+) -> list[dict[str, Any]]:
+    """(H, W) uint8 ids -> one `brushlabels` result (0/255 RGBA brush RLE) per class present."""
+    h, w = label.shape
+    results = []
+    for cid in np.unique(label).tolist():
+        if cid == classes.ignore_index:
+            continue
+        results.append(
+            {
+                "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stem}/{cid}").hex[:10],
+                "type": "brushlabels",
+                "from_name": from_name,
+                "to_name": to_name,
+                "original_width": w,
+                "original_height": h,
+                "image_rotation": 0,
+                "value": {
+                    "format": "rle",
+                    "rle": mask_to_brush_rle(label == cid),
+                    "brushlabels": [classes.names[cid]],
+                },
+            }
+        )
+    return results
+
+
 def labels_to_tasks(
     frames: Sequence[tuple[str, str, np.ndarray | None]],
     classes: ClassList,
@@ -134,35 +166,55 @@ def labels_to_tasks(
     for stem, image_url, label in frames:
         task: dict[str, Any] = {"data": {"image": image_url, "frame": stem}}
         if label is not None:
-            h, w = label.shape
-            results = []
-            for cid in np.unique(label).tolist():
-                if cid == classes.ignore_index:
-                    continue
-                results.append(
-                    {
-                        "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stem}/{cid}").hex[:10],
-                        "type": "brushlabels",
-                        "from_name": from_name,
-                        "to_name": to_name,
-                        "original_width": w,
-                        "original_height": h,
-                        "image_rotation": 0,
-                        "value": {
-                            "format": "rle",
-                            "rle": mask_to_brush_rle(label == cid),
-                            "brushlabels": [classes.names[cid]],
-                        },
-                    }
-                )
+            results = _brush_results(stem, label, classes, from_name, to_name)
             key = "predictions" if as_predictions else "annotations"
             task[key] = [{"model_version": "lamflow", "result": results}]
         tasks.append(task)
     return tasks
 
 
-def labeling_config(classes: ClassList, from_name: str = "tag", to_name: str = "image") -> str:
-    """Label Studio labeling config (XML) with one brush label per class, in class colours."""
+def review_task(
+    image_url: str,
+    stem: str,
+    drive: str,
+    sha256: str,
+    label: np.ndarray | None,
+    classes: ClassList,
+    model_version: str,
+    score: float,
+    reasons: list[str],
+    from_name: str = "tag",
+    to_name: str = "image",
+) -> dict[str, Any]:
+    """One task for the review push: the frame, why it needs review, and the model's mask.
+
+    `data.sha256` (the frame's content hash) is how a later push or pull finds the task again;
+    `score` goes on the prediction too, so Label Studio's "prediction score" column and our
+    review-priority tab sort by it. `label` is (H, W) uint8 ids (void = classes.ignore_index)
+    or None for a frame with nothing to pre-fill (the prediction then has an empty result).
+    """
+    results = [] if label is None else _brush_results(stem, label, classes, from_name, to_name)
+    return {
+        "data": {
+            "image": image_url,
+            "frame": stem,
+            "drive": drive,
+            "sha256": sha256,
+            "reasons": "; ".join(reasons),
+            "priority": float(score),
+        },
+        "predictions": [{"model_version": model_version, "score": float(score), "result": results}],
+    }
+
+
+def labeling_config(
+    classes: ClassList, from_name: str = "tag", to_name: str = "image", point_name: str = "point"
+) -> str:
+    """Label Studio labeling config (XML): one brush label and one keypoint label per class.
+
+    The keypoints (same names and colours) let a reviewer fix a small region with a click
+    instead of painting it; `annotation_to_label` turns each click into a small disc.
+    """
     labels = "\n".join(
         f'    <Label value="{n}" background="#{r:02x}{g:02x}{b:02x}"/>'
         for n, (r, g, b) in zip(classes.names, classes.colors)
@@ -170,8 +222,31 @@ def labeling_config(classes: ClassList, from_name: str = "tag", to_name: str = "
     return (
         f'<View>\n  <Image name="{to_name}" value="$image" zoom="true"/>\n'
         f'  <BrushLabels name="{from_name}" toName="{to_name}">\n{labels}\n'
-        f"  </BrushLabels>\n</View>\n"
+        f"  </BrushLabels>\n"
+        f'  <KeyPointLabels name="{point_name}" toName="{to_name}">\n{labels}\n'
+        f"  </KeyPointLabels>\n</View>\n"
     )
+
+
+def _class_id(res: dict[str, Any], key: str, classes: ClassList, where: str) -> int:
+    names = res.get("value", {}).get(key) or []
+    if len(names) != 1 or names[0] not in classes.names:
+        raise LamflowError(f"{where}: {key} {names} must name one of {list(classes.names)}")
+    return classes.names.index(names[0])
+
+
+def _brush_mask(
+    res: dict[str, Any], classes: ClassList, height: int, width: int, where: str
+) -> tuple[int, np.ndarray]:
+    """One `brushlabels` result -> (class id, (H, W) bool mask), errors prefixed by `where`."""
+    cid = _class_id(res, "brushlabels", classes, where)
+    value = res.get("value", {})
+    if value.get("format") != "rle":
+        raise LamflowError(f"{where}: only format 'rle' is read, got {value.get('format')!r}")
+    try:
+        return cid, brush_rle_to_mask(value["rle"], height, width)
+    except LamflowError as exc:
+        raise LamflowError(f"{where}: {exc}") from exc
 
 
 def tasks_to_labels(tasks: Sequence[dict[str, Any]], classes: ClassList) -> dict[str, np.ndarray]:
@@ -195,25 +270,63 @@ def tasks_to_labels(tasks: Sequence[dict[str, Any]], classes: ClassList) -> dict
         for r, res in enumerate(source[0].get("result", [])):
             if res.get("type") != "brushlabels":
                 continue
-            where = f"task {t} ({stem}), result {r}"
-            value = res.get("value", {})
-            names = value.get("brushlabels") or []
-            if len(names) != 1 or names[0] not in classes.names:
-                raise LamflowError(
-                    f"{where}: brushlabels {names} must name one of {list(classes.names)}"
-                )
-            if value.get("format") != "rle":
-                raise LamflowError(
-                    f"{where}: only format 'rle' is read, got {value.get('format')!r}"
-                )
             h, w = int(res["original_height"]), int(res["original_width"])
             if label is None:
                 label = np.full((h, w), classes.ignore_index, dtype=np.uint8)
-            try:
-                mask = brush_rle_to_mask(value["rle"], h, w)
-            except LamflowError as exc:
-                raise LamflowError(f"{where}: {exc}") from exc
-            label[mask] = classes.names.index(names[0])
+            cid, mask = _brush_mask(res, classes, h, w, f"task {t} ({stem}), result {r}")
+            label[mask] = cid
         if label is not None:
             out[stem] = label
     return out
+
+
+def annotation_to_label(
+    result: list[dict[str, Any]],
+    classes: ClassList,
+    height: int,
+    width: int,
+    point_radius: int = 3,
+) -> np.ndarray:
+    """One Label Studio annotation's `result` list -> (H, W) uint8 class ids, void elsewhere.
+
+    `brushlabels` and `keypointlabels` results are painted in their order (later wins); other
+    result types are ignored. A keypoint (value.x / value.y in percent of the image width /
+    height, origin top-left) becomes a disc of `point_radius` pixels around the clicked pixel:
+    a reviewer's click means "this region is that class", so a few pixels of supervision.
+
+    Raises LamflowError if a result was drawn on an image of another size than (height, width),
+    names a class not in `classes`, or if nothing at all is painted (an empty submit must not
+    become an all-void label that silently overrides the model).
+    """
+    label = np.full((height, width), classes.ignore_index, dtype=np.uint8)
+    painted = np.zeros((height, width), dtype=bool)
+    yy, xx = np.ogrid[:height, :width]
+    for r, res in enumerate(result):
+        kind = res.get("type")
+        if kind not in ("brushlabels", "keypointlabels"):
+            continue
+        where = f"result {r} ({kind})"
+        h = int(res.get("original_height", height))
+        w = int(res.get("original_width", width))
+        if (h, w) != (height, width):
+            raise LamflowError(f"{where}: annotation is {h}x{w}, frame is {height}x{width}")
+        if kind == "brushlabels":
+            cid, mask = _brush_mask(res, classes, height, width, where)
+        else:
+            cid = _class_id(res, "keypointlabels", classes, where)
+            value = res.get("value", {})
+            try:
+                px, py = float(value["x"]) * width / 100.0, float(value["y"]) * height / 100.0
+            except (KeyError, TypeError, ValueError) as exc:
+                raise LamflowError(f"{where}: value needs numeric x and y, got {value!r}") from exc
+            cx = min(max(int(px), 0), width - 1)
+            cy = min(max(int(py), 0), height - 1)
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= point_radius**2
+        label[mask] = cid
+        painted |= mask
+    if not painted.any():
+        raise LamflowError(
+            f"annotation paints no pixel ({len(result)} results, none a non-empty brush or "
+            "keypoint): nothing to learn from"
+        )
+    return label
