@@ -1,8 +1,10 @@
 """The model store: one model directory per seed set, `ROOT/models/SEED_KEY/`.
 
-SEED_KEY hashes everything a trained model depends on (seed stems and the bytes of their frames
-and labels, the class list, the model and train params), so "is there a model for the current
-seeds?" is a single existence check, and changing any of them trains a new model next night.
+The model learns from the fleet's seed set ROOT/seeds (tasks/seed_set.py), bootstrapped from
+`train.seeds` of the archive and grown by the review loop. SEED_KEY hashes everything a trained
+model depends on (seed stems and the bytes of their frames and labels, the class list, the
+model and train params), so "is there a model for the current seeds?" is a single existence
+check, and a new reviewed seed trains a new model next night.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any
 from prefect import task
 
 from lam.artifact import CONFIG_FILE
-from lam.errors import LamflowError
 from lamflow.params import Params
-from lamflow.storage import exists, find_by_stem, join, list_images, read_bytes, sha256_bytes
+from lamflow.storage import exists, join, read_bytes, sha256_bytes
+from tasks._frames import load_classes
+from tasks.seed_set import bootstrap_seed_set, list_seeds, seed_set_fingerprint, seed_set_url
 from tasks.train import train
 
 
@@ -29,43 +32,51 @@ def seed_sources(params: Params) -> dict[str, str]:
     }
 
 
-def seed_key(params: Params) -> str:
-    """16 hex digits identifying the model the current seeds and params would train."""
+def ensure_seed_set(root: str, params: Params) -> str:
+    """URL of the fleet's seed set ROOT/seeds, bootstrapped from `train.seeds` when empty."""
     src = seed_sources(params)
-    seeds = params.train.seeds
-    if not seeds:
-        raise LamflowError("train.seeds is empty: list seed frame stems in params.yaml")
-    frames = dict(list_images(src["images"]))
+    url = seed_set_url(root)
+    bootstrap_seed_set(
+        url, src["images"], src["labels"], list(params.train.seeds), load_classes(src["classes"])
+    )
+    return url
+
+
+def seed_key(seeds: str, params: Params) -> str:
+    """16 hex digits identifying the model the seed set at `seeds` and params would train.
+
+    Hashes the seed set's files (stems, frame and label bytes), the class list and the model
+    and train params; `train.seeds` itself is left out, since once the set exists the set, not
+    that list, says what the model learns from.
+    """
+    src = seed_sources(params)
     parts: list[Any] = [sha256_bytes(read_bytes(src["classes"]))]
-    for stem in seeds:
-        if stem not in frames:
-            raise LamflowError(f"train.seeds: {stem!r} not found in {src['images']}")
-        label = find_by_stem(src["labels"], stem)
-        if label is None:
-            raise LamflowError(f"train.seeds: {stem!r} has no label in {src['labels']}")
-        parts.append(
-            [stem, sha256_bytes(read_bytes(frames[stem])), sha256_bytes(read_bytes(label))]
-        )
+    parts.append(seed_set_fingerprint(seeds))
     parts.append(params.model.model_dump(mode="json"))
-    parts.append(params.train.model_dump(mode="json"))
+    parts.append(params.train.model_dump(mode="json", exclude={"seeds"}))
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())[:16]
 
 
 def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, Any]:
-    """Model for the current seeds under `root`, trained first if missing.
+    """Model for the current seed set under `root`, trained first if missing.
 
+    The seed set ROOT/seeds is bootstrapped from `train.seeds` on first use, and grows with
+    the review loop's seeds; a changed set trains a new, content-addressed model.
     Returns {"model": URL of the model directory, "model_version", "trained": bool,
-    "class_pixels": seed class-pixel counts (the reference histogram for QC drift)}.
+    "seeds": number of seeds, "train_seconds", "class_pixels": seed class-pixel counts (the
+    reference histogram for QC drift)}.
     """
     src = seed_sources(params)
-    url = join(root, "models", seed_key(params))
+    seeds = ensure_seed_set(root, params)
+    url = join(root, "models", seed_key(seeds, params))
     trained = False
+    stems = [str(p["stem"]) for p in list_seeds(seeds)]
     if not exists(join(url, CONFIG_FILE)):
         train(
-            src["images"],
-            src["labels"],
+            join(seeds, "images"),
+            join(seeds, "labels"),
             src["classes"],
-            list(params.train.seeds),
+            stems,
             url,
             params.model,
             params.train,
@@ -74,14 +85,15 @@ def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, 
         trained = True
     config = json.loads(read_bytes(join(url, CONFIG_FILE)))
     report_url = join(url, "train_report.json")
-    class_pixels = (
-        json.loads(read_bytes(report_url)).get("class_pixels", {}) if exists(report_url) else {}
-    )
+    report = json.loads(read_bytes(report_url)) if exists(report_url) else {}
     return {
         "model": url,
         "model_version": str(config.get("version", "")),
         "trained": trained,
-        "class_pixels": class_pixels,
+        "seeds": len(stems),
+        "seed_set": seeds,
+        "train_seconds": float(report.get("seconds", 0.0)) if trained else 0.0,
+        "class_pixels": report.get("class_pixels", {}),
     }
 
 

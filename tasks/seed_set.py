@@ -1,0 +1,183 @@
+"""The fleet's seed set, `ROOT/seeds/`: the frames a human labeled, which `train` learns from.
+
+Layout (one file per seed in each folder, named by the seed's stem):
+    images/STEM.jpg|png     the frame's bytes, as the drop or the archive held them
+    labels/STEM.png         class ids, void (the ignore id) where the human said nothing
+    provenance/STEM.json    where the seed came from; written last, so a seed exists exactly
+                            when its provenance does (a crash mid-add leaves no half seed)
+
+Provenance: {stem, source ("bootstrap" | "labelstudio" | ...), drive, sha256 (frame bytes),
+label_sha256, task_id, annotation_id, annotator, annotated_at, added_at}.
+
+Seeds come from the first human seeds (`train.seeds` of the archive, or `seed_masks` output)
+and, every night, from the review loop. Dense and sparse labels are both valid: training ignores
+void pixels. A label is validated before anything is written (size against the frame, ids
+against the class list, at least one labeled pixel), so a bad annotation is reported and left
+out, never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from lam.classes import ClassList
+from lam.errors import LamflowError
+from lam.imageio import decode_image, decode_label, encode_png
+from lamflow.storage import (
+    exists,
+    find_by_stem,
+    get_fs,
+    join,
+    list_dir,
+    list_images,
+    read_bytes,
+    safe_name,
+    sha256_bytes,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+
+def seed_set_url(root: str) -> str:
+    """ROOT/seeds: the fleet's seed set."""
+    return join(root, "seeds")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_seed_label(label: np.ndarray, frame_hw: tuple[int, int], classes: ClassList) -> None:
+    """Raise LamflowError unless `label` ((H, W) uint8) can be a seed of a (H, W) frame.
+
+    A seed must match its frame's size, hold only class ids or the ignore id, and label at
+    least one pixel (an all-void label teaches nothing and hides a reviewer's mistake).
+    """
+    if label.ndim != 2 or tuple(label.shape) != tuple(frame_hw):
+        shown = "x".join(str(d) for d in label.shape[::-1])
+        raise LamflowError(
+            f"label is {shown}, frame is {frame_hw[1]}x{frame_hw[0]} (width x height)"
+        )
+    classes.check_label(label)
+    if not (label != classes.ignore_index).any():
+        raise LamflowError("label is empty: no pixel carries a class")
+
+
+def list_seeds(seeds: str) -> list[dict[str, Any]]:
+    """Provenance of every complete seed of the set at `seeds`, sorted by stem."""
+    out = []
+    for name in list_dir(join(seeds, "provenance")):
+        if not name.endswith(".json"):
+            continue
+        try:
+            out.append(dict(json.loads(read_bytes(join(seeds, "provenance", name)))))
+        except (json.JSONDecodeError, FileNotFoundError) as exc:
+            log.warning("seed provenance %s unreadable, seed ignored: %s", name, exc)
+    return sorted(out, key=lambda p: str(p["stem"]))
+
+
+def add_seed(
+    seeds: str,
+    stem: str,
+    image_bytes: bytes,
+    image_suffix: str,
+    label: np.ndarray,
+    classes: ClassList,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Validate and add (or replace) seed `stem`; returns the provenance written.
+
+    Args:
+        image_bytes: the frame's encoded bytes; image_suffix: "jpg" or "png".
+        label: (H, W) uint8 class ids, void = classes.ignore_index.
+        provenance: source, drive, task_id, annotator, ... (stem and hashes are added here).
+    Raises LamflowError (nothing written) if the label is not a valid seed of the frame.
+    """
+    safe_name(stem, "seed stem")
+    suffix = image_suffix.lower().lstrip(".")
+    if suffix not in ("jpg", "jpeg", "png"):
+        raise LamflowError(f"seed {stem}: frame suffix {image_suffix!r} is not jpg or png")
+    image = decode_image(image_bytes, f"seed {stem}")
+    try:
+        check_seed_label(label, image.shape[:2], classes)
+    except LamflowError as exc:
+        raise LamflowError(f"seed {stem}: {exc}") from exc
+    label_bytes = encode_png(np.ascontiguousarray(label, dtype=np.uint8))
+    record = {
+        **provenance,
+        "stem": stem,
+        "sha256": sha256_bytes(image_bytes),
+        "label_sha256": sha256_bytes(label_bytes),
+        "labeled_pixels": int((label != classes.ignore_index).sum()),
+        "added_at": _now(),
+    }
+    # A replaced seed may change its suffix: the old frame file must not linger beside it.
+    for old in ("jpg", "jpeg", "png"):
+        if old != suffix and exists(join(seeds, "images", f"{stem}.{old}")):
+            fs, path = get_fs(join(seeds, "images", f"{stem}.{old}"))
+            fs.rm(path)
+    write_bytes_atomic(join(seeds, "images", f"{stem}.{suffix}"), image_bytes)
+    write_bytes_atomic(join(seeds, "labels", f"{stem}.png"), label_bytes)
+    write_text_atomic(join(seeds, "provenance", f"{stem}.json"), json.dumps(record, indent=1))
+    return record
+
+
+def bootstrap_seed_set(
+    seeds: str, images: str, labels: str, stems: list[str], classes: ClassList
+) -> list[dict[str, Any]]:
+    """Copy the first human seeds (`stems` of `images`/`labels`) into an empty seed set.
+
+    Does nothing when the set already has seeds: the set, not params, is the truth once the
+    loop runs (a later edit of `train.seeds` does not silently drop reviewed seeds).
+    Returns the seed set's provenance list.
+    """
+    current = list_seeds(seeds)
+    if current:
+        return current
+    if not stems:
+        raise LamflowError(
+            "the seed set is empty and train.seeds lists no stem: give the first seed frames"
+        )
+    frames = dict(list_images(images))
+    for stem in stems:
+        if stem not in frames:
+            raise LamflowError(f"train.seeds: {stem!r} not found in {images}")
+        label_url = find_by_stem(labels, stem)
+        if label_url is None:
+            raise LamflowError(f"train.seeds: {stem!r} has no label in {labels}")
+        label = decode_label(read_bytes(label_url), label_url)
+        add_seed(
+            seeds,
+            stem,
+            read_bytes(frames[stem]),
+            frames[stem].rsplit(".", 1)[-1],
+            label,
+            classes,
+            {"source": "bootstrap", "drive": stem.split("_", 1)[0], "from": frames[stem]},
+        )
+    log.info("seed set %s bootstrapped with %d seed(s)", seeds, len(stems))
+    return list_seeds(seeds)
+
+
+def seed_set_fingerprint(seeds: str) -> list[list[str]]:
+    """[[stem, frame sha256, label sha256], ...] of the files as they are now.
+
+    What a model trained on the set depends on. Hashes the bytes, not the provenance's record
+    of them, so a label edited by hand also trains a new model.
+    """
+    frames = dict(list_images(join(seeds, "images"))) if exists(join(seeds, "images")) else {}
+    out = []
+    for p in list_seeds(seeds):
+        stem = str(p["stem"])
+        label = find_by_stem(join(seeds, "labels"), stem)
+        if stem not in frames or label is None:
+            raise LamflowError(f"seed set {seeds}: seed {stem} lacks its frame or its label")
+        out.append([stem, sha256_bytes(read_bytes(frames[stem])), sha256_bytes(read_bytes(label))])
+    return out
