@@ -7,6 +7,7 @@ at load time with the dotted key named (`train.iterations: Input should be a val
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,6 +218,46 @@ class SeedMasksParams(_Section):
     skip_existing: bool = True
 
 
+_BACKFILL = re.compile(r"^(all|none|last [1-9][0-9]*)$")
+
+
+class ReviewParams(_Section):
+    """The review loop (tasks/review_select.py, tasks/review_sync.py): which frames of a drop
+    a human sees, where (Label Studio, or review files), and what is relabeled afterwards."""
+
+    # labelstudio: a Label Studio server at $LABEL_STUDIO_URL ($LABEL_STUDIO_API_KEY);
+    # files: Label Studio JSON / CVAT XML written under ROOT/review/outbox; none: no review
+    backend: Literal["labelstudio", "files", "none"] = "none"
+    budget_per_drop: int = Field(default=5, ge=0)
+    strategy: Literal["active", "random"] = "active"  # random: the baseline bench/loop compares
+    project: str = "lamflow"  # Label Studio project title (one project per fleet)
+    backfill: str = "all"  # drops relabeled after a retrain: all | none | last N
+    point_radius: int = Field(default=3, ge=0, le=50)  # pixels around a reviewer's click
+    uncertainty_weight: float = Field(default=1.0, ge=0)
+    coverage_weight: float = Field(default=0.5, ge=0)
+    dedupe_threshold: float = Field(default=0.95, gt=0, le=1.01)  # cosine: near-duplicate frames
+    retries: int = Field(default=2, ge=0, le=10)  # per pull/push when the server fails
+    retry_delay_seconds: float = Field(default=5.0, ge=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    seed: int = 0  # random strategy only
+
+    @field_validator("backfill")
+    @classmethod
+    def _backfill(cls, value: str) -> str:
+        if not _BACKFILL.match(value):
+            raise ValueError(f"backfill must be 'all', 'none' or 'last N', got {value!r}")
+        return value
+
+    def backfill_drops(self, drives: list[str]) -> list[str]:
+        """The drops (oldest first) that a new model relabels, per `backfill`."""
+        if self.backfill == "none":
+            return []
+        if self.backfill == "all":
+            return list(drives)
+        n = int(self.backfill.split()[1])
+        return list(drives[-n:])
+
+
 class Params(_Section):
     """All of params.yaml. Sections of stages added later default to empty sections."""
 
@@ -232,6 +273,7 @@ class Params(_Section):
     vocabulary: VocabularyParams = Field(default_factory=VocabularyParams)
     select_seeds: SelectSeedsParams = Field(default_factory=SelectSeedsParams)
     seed_masks: SeedMasksParams = Field(default_factory=SeedMasksParams)
+    review: ReviewParams = Field(default_factory=ReviewParams)
 
 
 def _format_error(source: str, exc: ValidationError) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from prefect import task
 from tqdm import tqdm
 
+from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.formats.coco import labels_to_coco
 from lam.formats.cvat import (
@@ -151,29 +152,46 @@ def _guess_format(url: str) -> str:
     raise LamflowError(f"cannot tell the format of {url}: pass fmt (one of {', '.join(FORMATS)})")
 
 
-def review_import(
-    src: str, out: str, classes: str, fmt: str | None = None, progress: bool = True
+def read_review_file(
+    src: str, class_list: ClassList, fmt: str | None = None, annotated_only: bool = False
 ) -> dict[str, Any]:
-    """Read corrected annotations (CVAT XML / Cityscapes zip / Label Studio JSON) from `src`
-    and write them as seed label PNGs `out/STEM.png` (class ids, void where unlabelled)."""
+    """Parse corrected annotations (CVAT XML / Cityscapes zip / Label Studio JSON) at `src`
+    into {stem: (H, W) uint8 class ids, void where unlabelled}.
+
+    `annotated_only`: Label Studio tasks without a finished (non-cancelled) annotation are left
+    out instead of falling back to their predictions, so the model's own labels never come
+    back as a human's (the review loop's inbox)."""
     fmt = fmt or _guess_format(src)
-    class_list = load_classes(classes)
     data = read_bytes(src)
     if fmt == "cvat":
         by_name = cvat_xml_to_labels(data, class_list)
-        labels = {name.rsplit("/", 1)[-1].rsplit(".", 1)[0]: lab for name, lab in by_name.items()}
-    elif fmt == "cityscapes":
-        labels = cityscapes_zip_to_labels(data, class_list)
-    elif fmt == "labelstudio":
+        return {name.rsplit("/", 1)[-1].rsplit(".", 1)[0]: lab for name, lab in by_name.items()}
+    if fmt == "cityscapes":
+        return dict(cityscapes_zip_to_labels(data, class_list))
+    if fmt == "labelstudio":
         try:
             tasks = json.loads(data)
         except json.JSONDecodeError as exc:
             raise LamflowError(f"{src} is not JSON: {exc}") from exc
         if isinstance(tasks, dict):
             tasks = [tasks]
-        labels = tasks_to_labels(tasks, class_list)
-    else:
-        raise LamflowError(f"unknown review format {fmt!r}; known: {', '.join(FORMATS)}")
+        if annotated_only:
+            tasks = [
+                t
+                for t in tasks
+                if any(not a.get("was_cancelled") for a in t.get("annotations") or [])
+            ]
+        return dict(tasks_to_labels(tasks, class_list))
+    raise LamflowError(f"unknown review format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def review_import(
+    src: str, out: str, classes: str, fmt: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Read corrected annotations (CVAT XML / Cityscapes zip / Label Studio JSON) from `src`
+    and write them as seed label PNGs `out/STEM.png` (class ids, void where unlabelled)."""
+    fmt = fmt or _guess_format(src)
+    labels = read_review_file(src, load_classes(classes), fmt)
     for stem, lab in tqdm(sorted(labels.items()), desc="review import", disable=not progress):
         write_bytes_atomic(join(out, f"{stem}.png"), encode_png(lab))
     log.info("imported %d reviewed label(s) (%s) -> %s", len(labels), fmt, out)

@@ -81,6 +81,24 @@ _STAGES: dict[str, StageSpec] = {
     "seed_masks": StageSpec(
         "tasks.seed_masks:seed_masks", "segment the prompted seed frames", {"params": "seed_masks"}
     ),
+    "review_select": StageSpec(
+        "tasks.review_select:review_select",
+        "choose a labeled drop's frames for human review -> review_selection.json",
+        {"params": "review", "embed": "select_seeds"},
+        {"seeds": "seed_set"},
+    ),
+    "review_push": StageSpec(
+        "tasks.review_sync:review_push",
+        "push the chosen frames to Label Studio ($LABEL_STUDIO_URL) as tasks",
+        {"params": "review"},
+        {"root": "data.root", "classes": "classes"},
+    ),
+    "review_pull": StageSpec(
+        "tasks.review_sync:review_pull",
+        "finished Label Studio annotations -> seeds of ROOT/seeds",
+        {"params": "review"},
+        {"root": "data.root", "classes": "classes"},
+    ),
     "evaluate": StageSpec(
         "tasks.evaluate:evaluate",
         "score labels against ground truth (mIoU)",
@@ -103,6 +121,7 @@ _DERIVED: dict[str, Callable[[Params], Any]] = {
     "seed_images": _seed_source("images"),
     "seed_labels": _seed_source("labels"),
     "classes": _seed_source("classes"),
+    "seed_set": lambda params: join(params.data.root, "seeds"),  # tasks.seed_set.seed_set_url
 }
 
 
