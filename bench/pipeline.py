@@ -84,6 +84,7 @@ def main() -> int:
         f"train.iterations={args.iterations}",
         f"pipeline.dask_workers={args.workers}",
         "pipeline.overlays_per_drop=4",
+        "review.backend=none",  # the labeling flow alone (bench/loop.py measures the loop)
     ]
     shard_size = args.shard_size or load_params(args.params).annotate.shard_size
     # at least two shards per worker, or some workers would idle

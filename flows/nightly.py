@@ -1,9 +1,16 @@
 """Flows `nightly` and `bootstrap`: every new sensor drop labeled, checked and exported.
 
-`nightly`: find drops under ROOT/drops not finished by an earlier run, make sure a model exists
-for the current seeds (train if not), then per drop, under a lease: ingest -> adapt (only with
-`pipeline.adapt_per_drop`: the model self-trained on the drop's frames) -> annotate (one task
-run per shard on the Dask cluster) -> qc -> export, and publish a markdown artifact per drop.
+`nightly`, one run per ROOT at a time (a ROOT lease), in order:
+  1. pull: finished Label Studio annotations become seeds of ROOT/seeds (`review.backend`);
+  2. train: a model for the current seed set (trained only if the set changed);
+  3. relabel: drops labeled by an older model version, per `review.backfill`, written under
+     the new version (the old labels stay);
+  4. label the new drops under ROOT/drops: per drop, under its lease, ingest -> adapt (only
+     with `pipeline.adapt_per_drop`) -> annotate (one task run per shard on the Dask cluster)
+     -> qc -> export, with a markdown artifact per drop;
+  5. push: choose each new drop's review frames and push them as Label Studio tasks;
+and a `review-loop` artifact saying what changed. A review server that is down skips steps 1
+and 5 (reported; the next run catches up); labeling never waits on it.
 `bootstrap`: add a first drop from a folder, train from the seeds and label it.
 
 The flows only orchestrate: every step is the plain stage function from `tasks/` wrapped as a
@@ -36,8 +43,9 @@ from lamflow.storage import exists, join, list_dir, read_bytes, safe_name, sha25
 from tasks.adapt import ADAPT_REPORT, adapt_task
 from tasks.export import export_task
 from tasks.ingest import INGEST_MANIFEST, add_drop, drop_url, ingest_task, list_drops
-from tasks.models import ensure_model_task, seed_sources
+from tasks.models import ensure_model_task
 from tasks.qc import qc_task
+from tasks.seed_set import seed_set_url
 from tasks.shards import (
     annotate_shard_task,
     busy_seconds,
@@ -46,7 +54,18 @@ from tasks.shards import (
     warm_worker_task,
 )
 
-from .state import acquire_lease, done_drives, mark_done, release_lease, write_watermark
+from .review_loop import loop_report, pending_pushes, pull_step, push_step
+from .state import (
+    acquire_lease,
+    done_drives,
+    drops_by_age,
+    mark_done,
+    read_done,
+    read_model_pointer,
+    release_lease,
+    write_model_pointer,
+    write_watermark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +226,15 @@ def adapted_model(
     if exists(report_url):
         report = json.loads(read_bytes(report_url))
     else:
-        src = seed_sources(params)
+        seeds = seed_set_url(root)  # the seed set the model was trained on
         report = adapt_task(
-            model["model"], images, src["images"], src["labels"], url, params.adapt, progress=False
+            model["model"],
+            images,
+            join(seeds, "images"),
+            join(seeds, "labels"),
+            url,
+            params.adapt,
+            progress=False,
         )
     return {
         **model,
@@ -259,6 +284,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     )
     return {
         "drive": drive,
+        "model": model["model"],
         "model_version": model["model_version"],
         "adapt_seconds": model.get("adapt_seconds"),
         "labels": out,
@@ -273,32 +299,77 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     }
 
 
+def _model_changed(root: str, drive: str, version: str) -> bool:
+    done = read_done(root, drive)
+    return bool(done) and done.get("base_model_version", done.get("model_version")) != version
+
+
+def _label_under_lease(
+    root: str, drive: str, model: dict[str, Any], params: Params, owner: str
+) -> dict[str, Any] | None:
+    """label_drop under the drop's lease; None when another run holds it."""
+    token = acquire_lease(root, drive, owner, params.pipeline.lease_seconds)
+    if token is None:
+        get_run_logger().info("drop %s is leased by another run: skipped", drive)
+        return None
+    try:
+        summary = label_drop(root, drive, model, params)
+        summary["base_model_version"] = model["model_version"]
+        if summary["qc"] != "fail":
+            mark_done(root, drive, summary)
+        return summary
+    finally:
+        release_lease(root, drive, token)
+
+
 def _run_drops(params: Params, drives: list[str], owner: str) -> dict[str, Any]:
-    logger = get_run_logger()
+    """One night: pull reviews -> (re)train -> relabel older drops -> label new ones -> push."""
     root = params.data.root
+    before = read_model_pointer(root)
+    pull = pull_step(params)
     model = ensure_model_task(root, params, progress=False)
+    write_model_pointer(root, model)
+    backfill = [
+        d
+        for d in params.review.backfill_drops(drops_by_age(root))
+        if d not in drives and _model_changed(root, d, model["model_version"])
+    ]
     results: dict[str, Any] = {}
+    relabeled: dict[str, Any] = {}
     skipped = []
-    for drive in drives:
-        token = acquire_lease(root, drive, owner, params.pipeline.lease_seconds)
-        if token is None:
-            logger.info("drop %s is leased by another run: skipped", drive)
+    for drive in [*backfill, *drives]:
+        summary = _label_under_lease(root, drive, model, params, owner)
+        if summary is None:
             skipped.append(drive)
-            continue
-        try:
-            summary = label_drop(root, drive, model, params)
-            if summary["qc"] != "fail":
-                mark_done(root, drive, summary)
+        elif drive in drives:
             results[drive] = summary
-        finally:
-            release_lease(root, drive, token)
+        else:
+            relabeled[drive] = summary
+    waiting = {d: read_done(root, d) for d in pending_pushes(root, sorted(done_drives(root)))}
+    push = push_step(params, {**waiting, **results}, model)
+    create_markdown_artifact(
+        key="review-loop",
+        markdown=loop_report(pull, before, model, sorted(relabeled), push),
+        description="lamflow review loop: seeds added, model before/after, relabels, pushes",
+    )
     return {
         "model": model["model"],
         "model_version": model["model_version"],
+        "model_before": before,
         "trained": model["trained"],
+        "seeds": model.get("seeds"),
         "drops": results,
+        "relabeled": relabeled,
         "skipped": skipped,
+        "review": {"pull": pull, "push": push},
     }
+
+
+def _review_failure(result: dict[str, Any]) -> str:
+    """One line for a review step that needs a person (not a server that is merely down)."""
+    steps = result.get("review", {})
+    bad = [f"{k}: {v['reason']}" for k, v in steps.items() if v.get("fatal")]
+    return "; ".join(bad)
 
 
 @flow(
@@ -311,25 +382,37 @@ def nightly(
     overrides: list[str] | None = None,
     drives: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Label every drop that arrived since the last successful run (or exactly `drives`)."""
+    """Label every drop that arrived since the last successful run (or exactly `drives`);
+    with a review backend, first learn from the reviews that came back since."""
     params = load_params(params_file, overrides)  # validated before any work
     root = params.data.root
     pending = drives if drives else sorted(set(list_drops(root)) - done_drives(root))
     for drive in pending:
         safe_name(drive, "drive id")
     logger = get_run_logger()
-    if not pending:
+    if not pending and params.review.backend == "none" and not done_drives(root):
         logger.info("no new drops under %s", root)
         return {"drops": {}, "skipped": []}
-    logger.info("new drops: %s", ", ".join(pending))
+    logger.info("new drops: %s", ", ".join(pending) if pending else "none")
     owner = str(flow_run.id or os.getpid())
-    result = _run_drops(params, pending, owner)
+    token = acquire_lease(root, "nightly", owner, params.pipeline.lease_seconds)
+    if token is None:
+        logger.info("another nightly run holds %s: nothing done", root)
+        return {"drops": {}, "skipped": pending, "busy": True}
+    try:
+        result = _run_drops(params, pending, owner)
+    finally:
+        release_lease(root, "nightly", token)
     failed = [d for d, s in result["drops"].items() if s["qc"] == "fail"]
-    write_watermark(root, sorted(result["drops"]), owner)
+    if not failed:
+        write_watermark(root, sorted(result["drops"]), owner)
     if failed:
         raise LamflowError(
             f"QC failed for drop(s) {', '.join(failed)}: see qc.json beside the labels"
         )
+    review_problem = _review_failure(result)
+    if review_problem:
+        raise LamflowError(f"labels written, but the review loop needs attention: {review_problem}")
     return result
 
 

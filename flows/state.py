@@ -29,9 +29,25 @@ def done_drives(root: str) -> set[str]:
     return {n[:-5] for n in list_dir(join(root, "state", "done")) if n.endswith(".json")}
 
 
-def mark_done(root: str, drive: str, summary: dict[str, Any]) -> None:
+def read_done(root: str, drive: str) -> dict[str, Any]:
+    """The done record of `drive` ({} if never finished): its summary, model version, times."""
     url = join(root, "state", "done", f"{safe_name(drive, 'drive id')}.json")
-    write_text_atomic(url, json.dumps({"finished_at": _now(), **summary}, default=str))
+    return dict(json.loads(read_bytes(url))) if exists(url) else {}
+
+
+def mark_done(root: str, drive: str, summary: dict[str, Any]) -> None:
+    """Record `drive` as finished; a relabeled drop keeps the time it was first finished
+    (`first_finished_at`: the order `review.backfill: last N` counts drops in)."""
+    first = read_done(root, drive).get("first_finished_at") or _now()
+    url = join(root, "state", "done", f"{safe_name(drive, 'drive id')}.json")
+    record = {"finished_at": _now(), "first_finished_at": first, **summary}
+    write_text_atomic(url, json.dumps(record, default=str))
+
+
+def drops_by_age(root: str) -> list[str]:
+    """Finished drives, first finished first."""
+    drives = done_drives(root)
+    return sorted(drives, key=lambda d: (str(read_done(root, d).get("first_finished_at")), d))
 
 
 def read_watermark(root: str) -> dict[str, Any]:
@@ -43,6 +59,19 @@ def write_watermark(root: str, drives: list[str], run: str) -> None:
     """Record a successful run: its time, id and the drops it finished."""
     data = {"last_success": _now(), "run": run, "drives": drives}
     write_text_atomic(join(root, "state", "watermark.json"), json.dumps(data))
+
+
+def read_model_pointer(root: str) -> str:
+    """Version of the model the last run labeled with ("" before the first run)."""
+    url = join(root, "state", "model.json")
+    return str(json.loads(read_bytes(url)).get("model_version", "")) if exists(url) else ""
+
+
+def write_model_pointer(root: str, model: dict[str, Any]) -> None:
+    """Record the model this run labels with (its version, directory and seed count)."""
+    keys = ("model_version", "model", "seeds", "trained")
+    data = {"since": _now(), **{k: model.get(k) for k in keys}}
+    write_text_atomic(join(root, "state", "model.json"), json.dumps(data))
 
 
 def _lease_url(root: str, name: str) -> str:

@@ -1,0 +1,196 @@
+"""The review loop's steps inside the nightly flow: pull, select + push, and the run's report.
+
+Only composition: each step calls the stage tasks (`tasks/review_sync.py`,
+`tasks/review_select.py`) and turns a review server that stays down into a reported
+"skipped" step instead of a failed run. Labeling never waits on the review tool: the next run
+pulls and pushes whatever this one could not (push records under ROOT/review/pushed say which
+drops still wait).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from prefect import Task, get_run_logger
+from prefect.client.schemas.objects import State, TaskRun
+
+from lam.errors import LamflowError
+from lamflow.labelstudio_api import LabelStudioUnavailable
+from lamflow.params import Params
+from lamflow.storage import exists, join, read_bytes, write_text_atomic
+from tasks.ingest import drop_url
+from tasks.models import seed_sources
+from tasks.review import review_export_task
+from tasks.review_select import SELECTION, review_select_task
+from tasks.review_sync import (
+    pushed_url,
+    review_pull_files_task,
+    review_pull_task,
+    review_push_task,
+)
+from tasks.seed_set import seed_set_url
+
+log = logging.getLogger(__name__)
+
+
+def _retry_if_unavailable(task: Task[..., Any], run: TaskRun, state: State) -> bool:
+    """Retry a review task only when the server was unreachable (not on a bad token or data)."""
+    try:
+        state.result()
+    except LabelStudioUnavailable:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
+        return False
+    return False
+
+
+def _with_retries(task: Task[..., Any], params: Params) -> Any:
+    return task.with_options(
+        retries=params.review.retries,
+        retry_delay_seconds=params.review.retry_delay_seconds,
+        retry_condition_fn=_retry_if_unavailable,
+    )
+
+
+def _skipped(step: str, exc: Exception) -> dict[str, Any]:
+    """A review step that could not run. A server that stays down is routine (the next run
+    catches up); anything else (a refused token, a missing LABEL_STUDIO_URL, bad data) needs a
+    person, so the flow fails at the end of the run, after every drop is labeled (`fatal`)."""
+    get_run_logger().warning("review %s skipped: %s", step, exc)
+    return {
+        "status": "skipped",
+        "reason": str(exc),
+        "fatal": not isinstance(exc, LabelStudioUnavailable),
+    }
+
+
+def pull_step(params: Params) -> dict[str, Any]:
+    """Pull finished annotations into the seed set; {"status": "ok" | "skipped" | "off", ...}."""
+    if params.review.backend == "none":
+        return {"status": "off", "added": [], "rejected": [], "skipped": []}
+    classes = seed_sources(params)["classes"]
+    if params.review.backend == "files":
+        files = review_pull_files_task(params.data.root, classes, params.review)
+        return {"status": "ok", **files}
+    try:
+        result: dict[str, Any] = _with_retries(review_pull_task, params)(
+            params.data.root, classes, params.review
+        )
+    except LamflowError as exc:
+        return {**_skipped("pull", exc), "added": [], "rejected": [], "skipped": []}
+    return {"status": "ok", **result}
+
+
+def pending_pushes(root: str, drives: list[str]) -> list[str]:
+    """Drops among `drives` whose review tasks were selected but never pushed."""
+    return [d for d in drives if not exists(pushed_url(root, d))]
+
+
+def push_step(
+    params: Params, labeled: dict[str, dict[str, Any]], model: dict[str, Any]
+) -> dict[str, Any]:
+    """Select frames of each drop in `labeled` (drive -> label_drop summary) and push them.
+
+    Returns {"status", "drops": {drive: push record}, "reason"}; a drop already pushed is left
+    alone (review_push is idempotent by frame anyway).
+    """
+    review = params.review
+    root = params.data.root
+    if review.backend == "none" or review.budget_per_drop == 0:
+        return {"status": "off", "drops": {}}
+    classes = seed_sources(params)["classes"]
+    pushed: dict[str, Any] = {}
+    for drive, summary in labeled.items():
+        if summary.get("qc") == "fail" or exists(pushed_url(root, drive)):
+            continue
+        images = join(drop_url(root, drive), "images")
+        selection = join(summary["labels"], SELECTION)
+        if not exists(selection):
+            review_select_task(
+                summary["labels"],
+                images,
+                summary.get("model", model["model"]),
+                selection,
+                review,
+                params.select_seeds,
+                seed_set_url(root),
+                params.select_seeds.cache or join(root, "embeddings"),
+                progress=False,
+            )
+        if review.backend == "files":
+            stems = [r["stem"] for r in json.loads(read_bytes(selection))["frames"]]
+            out = join(root, "review", "outbox", f"{drive}.json")
+            if stems:
+                review_export_task(
+                    images,
+                    out,
+                    classes,
+                    "labelstudio",
+                    labels=summary["labels"],
+                    stems=stems,
+                    progress=False,
+                )
+            pushed[drive] = {"drive": drive, "out": out, "tasks": [{"stem": s} for s in stems]}
+            write_text_atomic(pushed_url(root, drive), json.dumps(pushed[drive]))
+            continue
+        try:
+            pushed[drive] = _with_retries(review_push_task, params)(
+                root, drive, summary["labels"], classes, review, selection
+            )
+        except LamflowError as exc:
+            return {**_skipped("push", exc), "drops": pushed}
+    return {"status": "ok", "drops": pushed}
+
+
+def loop_report(
+    pull: dict[str, Any],
+    before: str,
+    model: dict[str, Any],
+    relabeled: list[str],
+    push: dict[str, Any],
+) -> str:
+    """Markdown of what the review loop changed this run (the run's Prefect artifact)."""
+    lines = ["## Review loop", ""]
+    if pull["status"] == "skipped":
+        lines.append(f"**Pull skipped:** {pull['reason']} (the next run catches up).")
+    elif pull["status"] == "ok":
+        lines.append(
+            f"**Seeds added:** {len(pull['added'])}, rejected {len(pull['rejected'])}, "
+            f"cancelled/skipped tasks {len(pull['skipped'])}."
+        )
+        for seed in pull["added"][:20]:
+            lines.append(
+                f"- `{seed['stem']}` (drive {seed.get('drive')}, task {seed.get('task_id')}, "
+                f"annotator {seed.get('annotator')})"
+            )
+        for bad in pull["rejected"][:20]:
+            lines.append(f"- rejected `{bad['stem']}` (task {bad['task_id']}): {bad['reason']}")
+    else:
+        lines.append("Review backend: none.")
+    after = model["model_version"]
+    lines += [
+        "",
+        f"**Model:** `{before or '(none)'}` → `{after}`"
+        + (f" (trained on {model.get('seeds', '?')} seeds)" if model.get("trained") else ""),
+        "",
+        f"**Drops relabeled:** {', '.join(relabeled) if relabeled else 'none'}",
+        "",
+    ]
+    if push["status"] == "skipped":
+        lines.append(f"**Push skipped:** {push['reason']} (the next run pushes these drops).")
+    for drive, record in push.get("drops", {}).items():
+        lines += [
+            f"**Pushed from `{drive}`:**",
+            "",
+            "| frame | task | score | why |",
+            "|---|---:|---:|---|",
+        ]
+        for row in record.get("tasks", []):
+            why = "; ".join(row.get("reasons", []))
+            lines.append(
+                f"| `{row['stem']}` | {row.get('task_id', '')} | {row.get('score', '')} | {why} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
