@@ -61,9 +61,9 @@ def check_seed_label(label: np.ndarray, frame_hw: tuple[int, int], classes: Clas
     least one pixel (an all-void label teaches nothing and hides a reviewer's mistake).
     """
     if label.ndim != 2 or tuple(label.shape) != tuple(frame_hw):
-        shown = "x".join(str(d) for d in label.shape[::-1])
+        shown = "x".join(str(d) for d in label.shape)
         raise LamflowError(
-            f"label is {shown}, frame is {frame_hw[1]}x{frame_hw[0]} (width x height)"
+            f"label is {shown}, frame is {frame_hw[0]}x{frame_hw[1]} (height x width)"
         )
     classes.check_label(label)
     if not (label != classes.ignore_index).any():

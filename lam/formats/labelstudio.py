@@ -309,7 +309,9 @@ def annotation_to_label(
         h = int(res.get("original_height", height))
         w = int(res.get("original_width", width))
         if (h, w) != (height, width):
-            raise LamflowError(f"{where}: annotation is {h}x{w}, frame is {height}x{width}")
+            raise LamflowError(
+                f"{where}: annotation is {h}x{w}, frame is {height}x{width} (height x width)"
+            )
         if kind == "brushlabels":
             cid, mask = _brush_mask(res, classes, height, width, where)
         else:

@@ -48,7 +48,7 @@ def test_add_seed_writes_frame_label_and_provenance_last(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("label", "message"),
     [
-        (np.zeros((10, 10), np.uint8), "label is 10x10, frame is 96x64"),
+        (np.zeros((10, 10), np.uint8), "label is 10x10, frame is 64x96"),
         (np.full((64, 96), 255, np.uint8), "label is empty"),
         (np.full((64, 96), 7, np.uint8), "7"),
     ],
