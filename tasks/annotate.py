@@ -49,6 +49,9 @@ MANIFEST = "manifest.jsonl"
 IO_THREADS = 4
 CPU_THREADS = 1
 _T = TypeVar("_T")
+# Which failures quarantine a frame. 2: only bytes that cannot be decoded (1, unversioned, also
+# quarantined read errors, so its quarantines are retried).
+QUARANTINE_RULES = 2
 
 
 @dataclass
@@ -66,6 +69,7 @@ class FrameRecord:
     class_fractions: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     reason: str = ""
+    quarantine_rules: int = 0  # QUARANTINE_RULES of the code that quarantined it
 
 
 @dataclass
@@ -95,19 +99,20 @@ def _is_done(out: str, stem: str, sha: str, version: str) -> bool:
         rec = json.loads(read_bytes(url))
     except (json.JSONDecodeError, FileNotFoundError):
         return False
-    return (
-        rec.get("sha256") == sha
-        and rec.get("model_version") == version
-        and (rec.get("status") == "quarantined" or exists(join(out, "labels", f"{stem}.png")))
-    )
+    if rec.get("sha256") != sha or rec.get("model_version") != version:
+        return False
+    if rec.get("status") == "quarantined":
+        # Quarantines of older code (which also quarantined read errors) are retried.
+        return rec.get("quarantine_rules") == QUARANTINE_RULES
+    return exists(join(out, "labels", f"{stem}.png"))
 
 
-def _load(item: tuple[str, str]) -> tuple[str, bytes | None, str]:
+def _load(item: tuple[str, str]) -> tuple[str, bytes]:
+    """Read one frame. A read error raises (s3fs maps 403/throttling/5xx to OSError): only
+    bytes that cannot be decoded are quarantined, so Prefect's retries or a plain re-run
+    finish a frame an outage kept from being read."""
     stem, url = item
-    try:
-        return stem, read_bytes(url), ""
-    except (OSError, FileNotFoundError) as exc:
-        return stem, None, f"unreadable: {exc}"
+    return stem, read_bytes(url)
 
 
 def _prefetch(
@@ -155,8 +160,9 @@ def annotate(
 ) -> AnnotateSummary:
     """Label the frames in `images` (all, or only `stems`) with the model at `model`.
 
-    A frame that cannot be read or decoded is quarantined (record with status and reason) and
-    the rest are labeled; the run fails only if nothing could be labeled at all.
+    A frame whose bytes cannot be decoded is quarantined (record with status and reason) and
+    the rest are labeled; the run fails only if nothing could be labeled at all. A frame that
+    cannot be *read* raises (a storage fault is retried, never quarantined).
     With `shard=True` this call is one shard of a larger run (tasks/shards.py): it does not
     rebuild manifest.jsonl (the caller does, once) and a shard whose frames are all quarantined
     is not an error (the drop-level QC accounts for them).
@@ -204,7 +210,12 @@ def annotate(
         log.warning("quarantined %s: %s", stem, reason)
         quarantined.append({"stem": stem, "reason": reason})
         rec = FrameRecord(
-            stem=stem, status="quarantined", sha256=sha, model_version=config.version, reason=reason
+            stem=stem,
+            status="quarantined",
+            sha256=sha,
+            model_version=config.version,
+            reason=reason,
+            quarantine_rules=QUARANTINE_RULES,
         )
         write_bytes_atomic(_record_url(out, stem), json.dumps(asdict(rec)).encode())
 
@@ -212,9 +223,7 @@ def annotate(
         """Read, hash, skip check and decode of one frame, in the I/O pool (off the model's
         thread). -> (stem, sha, image, outcome) with outcome "" (image ready), "skip", or the
         reason to quarantine."""
-        stem, data, error = _load(item)
-        if data is None:
-            return stem, "", None, error
+        stem, data = _load(item)
         sha = sha256_bytes(data)
         if params.skip_existing and _is_done(out, stem, sha, config.version):
             return stem, sha, None, "skip"

@@ -6,7 +6,8 @@ PNGs in the class palette, for people. Layout under `dest`:
     confidence/STEM.png        if export.include_confidence
     index.json                 drive, model version, format, classes, frames (stem, input sha256)
     review.json, review.csv    copied from QC: frames a human should check, with reasons
-Files already exported for the same model version are skipped, so a re-run is cheap.
+A frame already exported for the same model version, format and input sha256 is skipped, so
+a re-run is cheap; exports of frames no longer labeled (gone from the drop) are removed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_label, encode_png
 from lamflow.params import ExportParams
-from lamflow.storage import exists, join, read_bytes, write_bytes_atomic, write_text_atomic
+from lamflow.storage import (
+    exists,
+    get_fs,
+    join,
+    read_bytes,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from tasks.annotate import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -61,11 +69,22 @@ def export(
     index_url = join(dest, "index.json")
     previous = json.loads(read_bytes(index_url)) if exists(index_url) else {}
     reuse = previous.get("model_version") == version and previous.get("format") == params.format
+    # A frame's export is reused only if it came from the same input bytes: a frame relabeled
+    # because its bytes changed must not keep its old export under the new index.
+    exported_sha = {f["stem"]: f.get("sha256") for f in previous.get("frames", [])} if reuse else {}
+    before = {f["stem"] for f in previous.get("frames", [])}
+    for gone in sorted(before - {r["stem"] for r in labeled}):
+        for sub in ("labels", "confidence"):
+            stale = join(dest, sub, f"{gone}.png")
+            if exists(stale):
+                fs, path = get_fs(stale)
+                fs.rm(path)
+                log.info("removed the export of %s: the frame is no longer labeled", gone)
 
     def _one(rec: dict[str, Any]) -> bool:
         stem = rec["stem"]
         target = join(dest, "labels", f"{stem}.png")
-        if reuse and exists(target):
+        if exported_sha.get(stem) == rec["sha256"] and exists(target):
             return False
         data = read_bytes(join(labels, "labels", f"{stem}.png"))
         if params.format == "color":

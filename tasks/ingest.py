@@ -43,10 +43,9 @@ def drop_url(root: str, drive: str) -> str:
 
 def _check_frame(stem: str, url: str, decode: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"stem": stem, "file": url.rsplit("/", 1)[-1], "ok": True}
-    try:
-        data = read_bytes(url)
-    except OSError as exc:
-        return {**entry, "ok": False, "sha256": "", "size": 0, "reason": f"unreadable: {exc}"}
+    # A read error raises: a storage fault is retried (ingest_task's retries, or a re-run),
+    # never recorded as an unusable frame; only bytes that cannot be decoded are.
+    data = read_bytes(url)
     entry.update(sha256=sha256_bytes(data), size=len(data), width=0, height=0, reason="")
     if not data:
         return {**entry, "ok": False, "reason": "empty file (0 bytes)"}
