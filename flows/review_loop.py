@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from prefect import Task, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 
 from lam.errors import LamflowError
@@ -141,7 +142,66 @@ def push_step(
             )
         except LamflowError as exc:
             return {**_skipped("push", exc), "drops": pushed}
+        create_markdown_artifact(
+            key=f"review-{drive}".lower().replace("_", "-").replace(".", "-"),
+            markdown=drop_review_report(
+                root,
+                drive,
+                summary["labels"],
+                pushed[drive],
+                classes,
+                params.pipeline.overlays_per_drop,
+            ),
+            description=f"lamflow review tasks of drop {drive}",
+        )
     return {"status": "ok", "drops": pushed}
+
+
+def _overlay_thumb(image_url: str, label_url: str, palette: Any, size: int = 320) -> str:
+    """A pushed frame with its labels blended over it, as a small data-URI markdown image."""
+    import base64
+
+    from lam.imageio import decode_image, decode_label, encode_jpeg, overlay
+
+    image = decode_image(read_bytes(image_url), image_url)
+    label = decode_label(read_bytes(label_url), label_url)
+    step = max(1, max(image.shape[:2]) // size)
+    small = overlay(image, label, palette)[::step, ::step]
+    b64 = base64.b64encode(encode_jpeg(small, quality=70)).decode()
+    return f"![{label_url.rsplit('/', 1)[-1]}](data:image/jpeg;base64,{b64})"
+
+
+def drop_review_report(
+    root: str, drive: str, labels: str, record: dict[str, Any], classes: str, overlays: int
+) -> str:
+    """Markdown of one drop's review push: each task, its score and why it was chosen, and
+    overlays of the first `overlays` pushed frames (what the reviewer will correct)."""
+    from lamflow.storage import list_images
+    from tasks._frames import load_classes
+
+    lines = [
+        f"### Review tasks of drop `{drive}`",
+        "",
+        "| rank | frame | task | score | why |",
+        "|---:|---|---:|---:|---|",
+    ]
+    rows = record.get("tasks", [])
+    for row in rows:
+        why = "; ".join(row.get("reasons", []))
+        lines.append(
+            f"| {row.get('rank', '')} | `{row['stem']}` | {row.get('task_id', '')} | "
+            f"{row.get('score', '')} | {why} |"
+        )
+    if record.get("already"):
+        lines += ["", f"Already tasks (not pushed again): {len(record['already'])}."]
+    frames = dict(list_images(join(drop_url(root, drive), "images")))
+    palette = load_classes(classes).palette()
+    thumbs = [
+        _overlay_thumb(frames[row["stem"]], join(labels, "labels", f"{row['stem']}.png"), palette)
+        for row in rows[:overlays]
+        if row["stem"] in frames
+    ]
+    return "\n".join([*lines, "", *thumbs])
 
 
 def loop_report(

@@ -152,8 +152,11 @@ def test_two_nights_push_answer_pull_retrain_relabel_export(
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
-        loop = [a for a in prefect.read_artifacts() if a.key == "review-loop"]
+        artifacts = prefect.read_artifacts()
+    loop = [a for a in artifacts if a.key == "review-loop"]
     assert loop and any("Seeds added:** 2" in str(a.data) for a in loop)
+    review_a = [str(a.data) for a in artifacts if a.key == "review-0016e5-a"]
+    assert review_a and painted in review_a[0] and "data:image/jpeg;base64" in review_a[0]
 
     with environment(labelstudio.env()):
         night3 = _nightly(params)
