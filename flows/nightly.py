@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,10 +34,8 @@ import great_expectations  # noqa: F401
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from prefect.task_runners import TaskRunner
 
 from lam.errors import LamflowError
-from lam.predictor import usable_cores
 from lamflow.params import Params, load_params
 from lamflow.storage import exists, join, list_dir, read_bytes, safe_name, sha256_bytes
 from tasks.adapt import ADAPT_REPORT, adapt_task
@@ -55,119 +53,25 @@ from tasks.shards import (
 )
 
 from .review_loop import loop_report, pending_pushes, pull_step, push_step
+from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
 from .state import (
+    RUN_LEASES,
     acquire_lease,
     done_drives,
     drops_by_age,
+    is_accepted,
     mark_done,
     read_done,
     read_model_pointer,
     release_lease,
+    renew_lease,
     write_model_pointer,
     write_watermark,
 )
 
 log = logging.getLogger(__name__)
-
-
-def auto_workers(cores: int | None = None) -> int:
-    """Default LocalCluster size: one worker per 4 cores, at least one.
-
-    One torch process with several threads beats several one-thread processes on small
-    machines (measured on the 2-core CI machine: one process 11-12 frames/s, two concurrent
-    one-thread processes 2.5 frames/s each), and torch's convolutions scale well to ~4 threads.
-    """
-    return max(1, (cores or usable_cores()) // 4)
-
-
-def worker_environment(threads: int) -> dict[str, str | None]:
-    """Environment a Dask Nanny sets before it spawns a worker (`pre-spawn-environ`).
-
-    Dask's default sets MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's dynamic mmap
-    threshold: every tensor above 128 KiB is then a fresh mmap, zero-filled page by page, and
-    torch inference ran 25-40% slower in such a process (measured here). `None` unsets it.
-    The thread variables give each worker its share of the cores instead of dask's 1.
-    """
-    share = str(max(1, threads))
-    return {
-        "MALLOC_TRIM_THRESHOLD_": None,
-        "OMP_NUM_THREADS": share,
-        "MKL_NUM_THREADS": share,
-        "OPENBLAS_NUM_THREADS": share,
-        "LAMFLOW_TORCH_THREADS": share,
-    }
-
-
-def dask_runner(
-    address: str = "", workers: int = 0, processes: bool | None = None
-) -> TaskRunner[Any]:
-    """prefect-dask runner: an existing scheduler at `address`, else a LocalCluster.
-
-    LocalCluster workers run one task at a time each (one model per worker keeps memory
-    predictable); `workers=0` picks `auto_workers()`. `processes=None` means worker processes
-    when there is more than one worker (torch in each gets cores / workers threads), and a
-    single worker thread inside the flow's process otherwise: a lone worker process buys no
-    parallelism but costs ~15 s per run to spawn and import torch (measured here).
-    Workers of an existing scheduler are started by whoever runs them (infra/k8s), with the
-    same environment (see `worker_environment`).
-    """
-    import dask
-    from prefect_dask import DaskTaskRunner
-
-    if address:
-        return DaskTaskRunner(address=address)
-    workers = workers or auto_workers()
-    if processes is None:
-        processes = workers > 1
-    # Dask's statistical profiler samples every thread's stack each 10 ms, holding the GIL;
-    # nobody reads those profiles here (no dashboard), so it is switched off.
-    dask.config.set({"distributed.worker.profile.enabled": False})
-    if processes:
-        dask.config.set(
-            {"distributed.nanny.pre-spawn-environ": worker_environment(usable_cores() // workers)}
-        )
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": processes,
-            "dashboard_address": None,
-        },
-    )
-
-
-@contextmanager
-def shared_prefect_api() -> Iterator[str]:
-    """One Prefect API for the flow and its Dask worker processes.
-
-    Workers are separate processes: without PREFECT_API_URL in their environment each would
-    start its own temporary server and its task runs would not show in the UI. This uses the
-    configured API if there is one, else starts one temporary server and exports its URL.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    url = PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL", "")
-    server = None
-    if not url:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
-        server = SubprocessASGIServer()
-        server.start(timeout=timeout)
-        url = server.api_url
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-        if server is not None:
-            server.stop()
+__all__ = ["auto_workers", "bootstrap", "dask_runner", "nightly", "shared_prefect_api"]
+__all__ += ["worker_environment"]
 
 
 def labels_url(root: str, model_version: str, drive: str) -> str:
@@ -190,7 +94,9 @@ def _thumbnails(out: str, limit: int) -> list[str]:
     return images
 
 
-def drop_report(drive: str, qc: dict[str, Any], thumbs: list[str]) -> str:
+def drop_report(
+    drive: str, qc: dict[str, Any], thumbs: list[str], exported: str | None = ""
+) -> str:
     """Markdown summary of one drop: counts, mean confidence, class histogram, QC result."""
     hist = ", ".join(f"{k} {v:.1%}" for k, v in qc["class_histogram"].items() if v >= 0.005)
     failed = [c["column"] for c in qc["checks"] if not c["success"]]
@@ -204,6 +110,11 @@ def drop_report(drive: str, qc: dict[str, Any], thumbs: list[str]) -> str:
         f"{' (' + ', '.join(failed) + ')' if failed else ''} |",
         "",
         f"**Class histogram:** {hist}",
+        "",
+        f"**Exported to** `{exported}`."
+        if exported
+        else f"**Not exported:** QC failed. The next run labels the drop again; "
+        f"`lamflow drop accept {drive}` publishes it as it is.",
         "",
         f"Model `{qc['model_version']}`.",
         "",
@@ -275,11 +186,20 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
             "; ".join(f"{q['stem']}: {q['reason']}" for q in counts["quarantined"][:5]),
         )
     qc = qc_task(out, join(drop_url(root, drive), INGEST_MANIFEST), model["model"], "", params.qc)
-    dest = params.export.dest or join(root, "exports", model["model_version"], drive)
-    exported = export_task(out, model["model"], dest, params.export, progress=False)
+    accepted = qc["status"] == "fail" and is_accepted(root, drive)
+    exported: dict[str, Any] = {"dest": None}
+    if qc["status"] != "fail" or accepted:
+        dest = params.export.dest or join(root, "exports", model["model_version"], drive)
+        exported = export_task(out, model["model"], dest, params.export, progress=False)
+    else:  # a failed drop is not published: the next run labels it again, or a person accepts
+        logger.warning(
+            "drop %s failed QC: not exported (`lamflow drop accept %s` to publish it)", drive, drive
+        )
     create_markdown_artifact(
         key=f"drop-{drive}".lower().replace("_", "-").replace(".", "-"),
-        markdown=drop_report(drive, qc, _thumbnails(out, params.pipeline.overlays_per_drop)),
+        markdown=drop_report(
+            drive, qc, _thumbnails(out, params.pipeline.overlays_per_drop), exported["dest"]
+        ),
         description=f"lamflow drop {drive}",
     )
     return {
@@ -293,6 +213,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
         "labeled": counts["labeled"],
         "quarantined": len(counts["quarantined"]),
         "qc": qc["status"],
+        "accepted": accepted,
         "shards": len(shards),
         "compute_seconds": round(sum(r["compute_seconds"] for r in shard_results), 3),
         "annotate_busy_seconds": round(busy_seconds([r["interval"] for r in shard_results]), 3),
@@ -315,20 +236,49 @@ def _label_under_lease(
     try:
         summary = label_drop(root, drive, model, params)
         summary["base_model_version"] = model["model_version"]
-        if summary["qc"] != "fail":
+        if summary["qc"] != "fail" or summary["accepted"]:
             mark_done(root, drive, summary)
         return summary
     finally:
         release_lease(root, drive, token)
 
 
-def _run_drops(params: Params, drives: list[str], owner: str) -> dict[str, Any]:
-    """One night: pull reviews -> (re)train -> relabel older drops -> label new ones -> push."""
+@contextmanager
+def run_lease(params: Params, owner: str) -> Iterator[Callable[[], None] | None]:
+    """ROOT's run lease (one nightly or bootstrap run at a time per ROOT); yields a `renew`
+    callable to call between steps, or None when another run holds the lease."""
+    root, ttl = params.data.root, params.pipeline.lease_seconds
+    token = acquire_lease(root, "nightly", owner, ttl, folder=RUN_LEASES)
+    if token is None:
+        yield None
+        return
+
+    def renew() -> None:
+        if not renew_lease(root, "nightly", token, ttl, folder=RUN_LEASES):
+            raise LamflowError(f"lost the run lease on {root} to another run: stopping")
+
+    try:
+        yield renew
+    finally:
+        release_lease(root, "nightly", token, folder=RUN_LEASES)
+
+
+def _run_drops(
+    params: Params, drives: list[str], owner: str, renew: Callable[[], None]
+) -> dict[str, Any]:
+    """One night: pull reviews -> (re)train -> relabel older drops -> label new ones -> push.
+
+    A drop that fails to relabel (its frames pruned, say) is reported and skipped: one old
+    drop must not keep every later night from labeling new ones.
+    """
+    logger = get_run_logger()
     root = params.data.root
     before = read_model_pointer(root)
     pull = pull_step(params)
+    renew()
     model = ensure_model_task(root, params, progress=False)
     write_model_pointer(root, model)
+    renew()
     backfill = [
         d
         for d in params.review.backfill_drops(drops_by_age(root))
@@ -336,9 +286,19 @@ def _run_drops(params: Params, drives: list[str], owner: str) -> dict[str, Any]:
     ]
     results: dict[str, Any] = {}
     relabeled: dict[str, Any] = {}
+    relabel_errors: dict[str, str] = {}
     skipped = []
     for drive in [*backfill, *drives]:
-        summary = _label_under_lease(root, drive, model, params, owner)
+        try:
+            summary = _label_under_lease(root, drive, model, params, owner)
+        except Exception as exc:  # noqa: BLE001 - reported, and only for relabels
+            if drive in drives:
+                raise
+            logger.warning("drop %s could not be relabeled, skipped: %s", drive, exc)
+            relabel_errors[drive] = f"{type(exc).__name__}: {exc}"
+            continue
+        finally:
+            renew()
         if summary is None:
             skipped.append(drive)
         elif drive in drives:
@@ -349,7 +309,7 @@ def _run_drops(params: Params, drives: list[str], owner: str) -> dict[str, Any]:
     push = push_step(params, {**waiting, **results}, model)
     create_markdown_artifact(
         key="review-loop",
-        markdown=loop_report(pull, before, model, sorted(relabeled), push),
+        markdown=loop_report(pull, before, model, relabeled, relabel_errors, push),
         description="lamflow review loop: seeds added, model before/after, relabels, pushes",
     )
     return {
@@ -360,6 +320,7 @@ def _run_drops(params: Params, drives: list[str], owner: str) -> dict[str, Any]:
         "seeds": model.get("seeds"),
         "drops": results,
         "relabeled": relabeled,
+        "relabel_errors": relabel_errors,
         "skipped": skipped,
         "review": {"pull": pull, "push": push},
     }
@@ -395,20 +356,23 @@ def nightly(
         return {"drops": {}, "skipped": []}
     logger.info("new drops: %s", ", ".join(pending) if pending else "none")
     owner = str(flow_run.id or os.getpid())
-    token = acquire_lease(root, "nightly", owner, params.pipeline.lease_seconds)
-    if token is None:
-        logger.info("another nightly run holds %s: nothing done", root)
-        return {"drops": {}, "skipped": pending, "busy": True}
-    try:
-        result = _run_drops(params, pending, owner)
-    finally:
-        release_lease(root, "nightly", token)
-    failed = [d for d, s in result["drops"].items() if s["qc"] == "fail"]
+    with run_lease(params, owner) as renew:
+        if renew is None:
+            logger.info("another nightly run holds %s: nothing done", root)
+            return {"drops": {}, "skipped": pending, "busy": True}
+        result = _run_drops(params, pending, owner, renew)
+    result["run"] = owner
+    failed = [
+        d
+        for d, s in {**result["relabeled"], **result["drops"]}.items()
+        if s["qc"] == "fail" and not s.get("accepted")
+    ]
     if not failed:
         write_watermark(root, sorted(result["drops"]), owner)
     if failed:
         raise LamflowError(
-            f"QC failed for drop(s) {', '.join(failed)}: see qc.json beside the labels"
+            f"QC failed for drop(s) {', '.join(failed)}: not exported, not done; see qc.json "
+            f"beside the labels; the next run labels them again, or `lamflow drop accept DRIVE`"
         )
     review_problem = _review_failure(result)
     if review_problem:
@@ -429,8 +393,11 @@ def bootstrap(
 ) -> dict[str, Any]:
     """Add the frames of folder `source` as drop `drive`, train from the seeds, label it."""
     params = load_params(params_file, overrides)
-    add_drop(source, params.data.root, drive, progress=False)
     owner = str(flow_run.id or os.getpid())
-    result = _run_drops(params, [drive], owner)
+    with run_lease(params, owner) as renew:
+        if renew is None:
+            raise LamflowError(f"another run holds {params.data.root}: try again when it ends")
+        add_drop(source, params.data.root, drive, progress=False)
+        result = _run_drops(params, [drive], owner, renew)
     write_watermark(params.data.root, sorted(result["drops"]), owner)
     return result

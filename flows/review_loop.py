@@ -9,7 +9,6 @@ drops still wait).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -20,14 +19,13 @@ from prefect.client.schemas.objects import State, TaskRun
 from lam.errors import LamflowError
 from lamflow.labelstudio_api import LabelStudioUnavailable
 from lamflow.params import Params
-from lamflow.storage import exists, join, read_bytes, write_text_atomic
+from lamflow.storage import exists, join, read_bytes
 from tasks.ingest import drop_url
 from tasks.models import seed_sources
-from tasks.review import review_export_task
+from tasks.review_files import review_pull_files_task, review_push_files_task
 from tasks.review_select import SELECTION, review_select_task
 from tasks.review_sync import (
     pushed_url,
-    review_pull_files_task,
     review_pull_task,
     review_push_task,
 )
@@ -94,54 +92,51 @@ def push_step(
 ) -> dict[str, Any]:
     """Select frames of each drop in `labeled` (drive -> label_drop summary) and push them.
 
-    Returns {"status", "drops": {drive: push record}, "reason"}; a drop already pushed is left
-    alone (review_push is idempotent by frame anyway).
+    Returns {"status", "drops": {drive: push record}, "errors": {drive: reason}, "reason"}.
+    A drop already pushed is left alone (review_push is idempotent by frame anyway). A server
+    that is down stops the step (every later drop would fail the same way); an error of one
+    drop (a frame gone, bad data) is reported and the other drops are still pushed.
     """
     review = params.review
     root = params.data.root
     if review.backend == "none" or review.budget_per_drop == 0:
-        return {"status": "off", "drops": {}}
+        return {"status": "off", "drops": {}, "errors": {}}
     classes = seed_sources(params)["classes"]
     pushed: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for drive, summary in labeled.items():
-        if summary.get("qc") == "fail" or exists(pushed_url(root, drive)):
+        if summary.get("qc") == "fail" and not summary.get("accepted"):
             continue
-        images = join(drop_url(root, drive), "images")
+        if exists(pushed_url(root, drive)):
+            continue
         selection = join(summary["labels"], SELECTION)
-        if not exists(selection):
-            review_select_task(
-                summary["labels"],
-                images,
-                summary.get("model", model["model"]),
-                selection,
-                review,
-                params.select_seeds,
-                seed_set_url(root),
-                params.select_seeds.cache or join(root, "embeddings"),
-                progress=False,
-            )
-        if review.backend == "files":
-            stems = [r["stem"] for r in json.loads(read_bytes(selection))["frames"]]
-            out = join(root, "review", "outbox", f"{drive}.json")
-            if stems:
-                review_export_task(
-                    images,
-                    out,
-                    classes,
-                    "labelstudio",
-                    labels=summary["labels"],
-                    stems=stems,
+        try:
+            if not exists(selection):
+                review_select_task(
+                    summary["labels"],
+                    join(drop_url(root, drive), "images"),
+                    summary.get("model", model["model"]),
+                    selection,
+                    review,
+                    params.select_seeds,
+                    seed_set_url(root),
+                    embedding_cache(params),
                     progress=False,
                 )
-            pushed[drive] = {"drive": drive, "out": out, "tasks": [{"stem": s} for s in stems]}
-            write_text_atomic(pushed_url(root, drive), json.dumps(pushed[drive]))
-            continue
-        try:
+            if review.backend == "files":
+                pushed[drive] = review_push_files_task(
+                    root, drive, summary["labels"], classes, selection
+                )
+                continue
             pushed[drive] = _with_retries(review_push_task, params)(
                 root, drive, summary["labels"], classes, review, selection
             )
-        except LamflowError as exc:
-            return {**_skipped("push", exc), "drops": pushed}
+        except LabelStudioUnavailable as exc:
+            return {**_skipped("push", exc), "drops": pushed, "errors": errors}
+        except Exception as exc:  # noqa: BLE001 - one drop's failure is reported, not fatal
+            get_run_logger().warning("review push of drop %s failed: %s", drive, exc)
+            errors[drive] = f"{type(exc).__name__}: {exc}"
+            continue
         create_markdown_artifact(
             key=f"review-{drive}".lower().replace("_", "-").replace(".", "-"),
             markdown=drop_review_report(
@@ -154,7 +149,21 @@ def push_step(
             ),
             description=f"lamflow review tasks of drop {drive}",
         )
-    return {"status": "ok", "drops": pushed}
+    if errors:
+        reason = "; ".join(f"{d}: {e}" for d, e in sorted(errors.items()))
+        return {
+            "status": "partial",
+            "reason": reason,
+            "fatal": True,
+            "drops": pushed,
+            "errors": errors,
+        }
+    return {"status": "ok", "drops": pushed, "errors": errors}
+
+
+def embedding_cache(params: Params) -> str:
+    """Where frame embeddings are cached: `select_seeds.cache`, else ROOT/embeddings."""
+    return params.select_seeds.cache or join(params.data.root, "embeddings")
 
 
 def _overlay_thumb(image_url: str, label_url: str, palette: Any, size: int = 320) -> str:
@@ -208,7 +217,8 @@ def loop_report(
     pull: dict[str, Any],
     before: str,
     model: dict[str, Any],
-    relabeled: list[str],
+    relabeled: dict[str, dict[str, Any]],
+    relabel_errors: dict[str, str],
     push: dict[str, Any],
 ) -> str:
     """Markdown of what the review loop changed this run (the run's Prefect artifact)."""
@@ -235,9 +245,16 @@ def loop_report(
         f"**Model:** `{before or '(none)'}` → `{after}`"
         + (f" (trained on {model.get('seeds', '?')} seeds)" if model.get("trained") else ""),
         "",
-        f"**Drops relabeled:** {', '.join(relabeled) if relabeled else 'none'}",
+        "**Drops relabeled:** "
+        + (
+            ", ".join(f"{d} (QC {s['qc']})" for d, s in sorted(relabeled.items()))
+            if relabeled
+            else "none"
+        ),
         "",
     ]
+    for drive, error in sorted(relabel_errors.items()):
+        lines.append(f"- **not relabeled** `{drive}`: {error}")
     if push["status"] == "skipped":
         lines.append(f"**Push skipped:** {push['reason']} (the next run pushes these drops).")
     for drive, record in push.get("drops", {}).items():

@@ -3,6 +3,8 @@
 - `state/done/DRIVE.json`: the drop was labeled, checked and exported (written last).
 - `state/watermark.json`: time and summary of the last successful nightly run.
 - `state/leases/DRIVE.json`: who is labeling a drop now, until when.
+- `state/run_leases/nightly.json`: which run owns ROOT's seed set, model and review loop
+  (one nightly run at a time per ROOT), renewed between steps.
 
 Leases work on any fsspec store, S3 included (no conditional writes needed): a claimant writes
 its token, waits `settle` seconds, and reads back; only the last writer sees its own token, so
@@ -50,6 +52,22 @@ def drops_by_age(root: str) -> list[str]:
     return sorted(drives, key=lambda d: (str(read_done(root, d).get("first_finished_at")), d))
 
 
+def _accepted_url(root: str, drive: str) -> str:
+    return join(root, "state", "accepted", f"{safe_name(drive, 'drive id')}.json")
+
+
+def accept_drop(root: str, drive: str, by: str = "", note: str = "") -> dict[str, Any]:
+    """A person accepts drop `drive` although its QC failed: the next run exports it and marks
+    it done (`lamflow drop accept DRIVE`)."""
+    record = {"drive": drive, "accepted_at": _now(), "by": by, "note": note}
+    write_text_atomic(_accepted_url(root, drive), json.dumps(record))
+    return record
+
+
+def is_accepted(root: str, drive: str) -> bool:
+    return exists(_accepted_url(root, drive))
+
+
 def read_watermark(root: str) -> dict[str, Any]:
     url = join(root, "state", "watermark.json")
     return dict(json.loads(read_bytes(url))) if exists(url) else {}
@@ -74,8 +92,13 @@ def write_model_pointer(root: str, model: dict[str, Any]) -> None:
     write_text_atomic(join(root, "state", "model.json"), json.dumps(data))
 
 
-def _lease_url(root: str, name: str) -> str:
-    return join(root, "state", "leases", f"{safe_name(name, 'lease name')}.json")
+RUN_LEASES = "run_leases"  # folder of run-wide leases (a drive id cannot collide with them)
+
+
+def _lease_url(root: str, name: str, folder: str = "leases") -> str:
+    """state/leases/NAME.json for a drive; run-wide leases live in their own folder
+    (state/run_leases/), so no drive id can collide with them."""
+    return join(root, "state", folder, f"{safe_name(name, 'lease name')}.json")
 
 
 def _read_lease(url: str) -> dict[str, Any] | None:
@@ -85,12 +108,14 @@ def _read_lease(url: str) -> dict[str, Any] | None:
         return None
 
 
-def acquire_lease(root: str, name: str, owner: str, ttl: float, settle: float = 0.5) -> str | None:
+def acquire_lease(
+    root: str, name: str, owner: str, ttl: float, settle: float = 0.5, folder: str = "leases"
+) -> str | None:
     """Claim lease `name` for `ttl` seconds; returns the lease token, or None if held by another.
 
     `owner` is informational (a flow run id); the token distinguishes two claims by one owner.
     """
-    url = _lease_url(root, name)
+    url = _lease_url(root, name, folder)
     current = _read_lease(url)
     if current and current.get("expires", 0) > time.time():
         return None
@@ -102,9 +127,22 @@ def acquire_lease(root: str, name: str, owner: str, ttl: float, settle: float = 
     return token if winner and winner.get("token") == token else None
 
 
-def release_lease(root: str, name: str, token: str) -> None:
+def renew_lease(root: str, name: str, token: str, ttl: float, folder: str = "leases") -> bool:
+    """Push a held lease's expiry `ttl` seconds ahead; False if it is no longer ours.
+
+    Long runs renew between steps, so a run that outlives `ttl` keeps its lease.
+    """
+    url = _lease_url(root, name, folder)
+    current = _read_lease(url)
+    if not current or current.get("token") != token:
+        return False
+    write_text_atomic(url, json.dumps({**current, "expires": time.time() + ttl}))
+    return True
+
+
+def release_lease(root: str, name: str, token: str, folder: str = "leases") -> None:
     """Drop the lease if it is still ours (an expired-and-taken-over lease is left alone)."""
-    url = _lease_url(root, name)
+    url = _lease_url(root, name, folder)
     current = _read_lease(url)
     if current and current.get("token") == token:
         fs, path = get_fs(url)

@@ -115,6 +115,10 @@ class LabelStudioClient:
             raise LabelStudioUnavailable(
                 f"{where}: cannot connect to Label Studio at {self.url} ({type(exc).__name__})"
             ) from exc
+        except requests.RequestException as exc:  # a broken stream, a bad URL, ...
+            raise LabelStudioUnavailable(
+                f"{where}: request to {self.url} failed ({type(exc).__name__})"
+            ) from exc
         status = resp.status_code
         if status in (401, 403):
             raise LabelStudioAuthError(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -38,7 +37,6 @@ from lamflow.params import ReviewParams
 from lamflow.storage import (
     exists,
     join,
-    list_dir,
     list_images,
     read_bytes,
     safe_name,
@@ -48,7 +46,7 @@ from lamflow.storage import (
 from tasks._frames import load_classes
 from tasks.ingest import drop_url
 from tasks.review_select import SELECTION
-from tasks.seed_set import add_seed, seed_set_url
+from tasks.seed_set import add_seed, seed_set_url, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +58,6 @@ def pushed_url(root: str, drive: str) -> str:
 
 def _pulled_url(root: str) -> str:
     return join(root, "review", "pulled.json")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _client(params: ReviewParams) -> LabelStudioClient:
@@ -143,7 +137,7 @@ def review_push(
         "drive": drive,
         "project": project,
         "model_version": doc.get("model_version", ""),
-        "pushed_at": _now(),
+        "pushed_at": utc_now(),
         "seconds": round(time.perf_counter() - started, 2),
         "tasks": rows,
         "already": already,
@@ -216,7 +210,7 @@ def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> 
         if ann is None:  # cancelled or skipped: not a seed
             if task_id not in state["skipped"]:
                 skipped.append(int(t["id"]))
-                state["skipped"][task_id] = _now()
+                state["skipped"][task_id] = utc_now()
             continue
         key = _annotation_key(ann)
         if state["pulled"].get(task_id, {}).get("annotation") == key:
@@ -249,14 +243,26 @@ def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> 
                 },
             )
         except LamflowError as exc:
+            reason = str(exc)
+            earlier = state["pulled"].get(task_id, {})
+            if earlier.get("status") == "seed":  # an edit that broke a good annotation
+                reason += f" (the seed {earlier.get('seed')} from its earlier annotation is kept)"
             log.warning(
-                "review task %s (%s): annotation not used as a seed: %s", task_id, stem, exc
+                "review task %s (%s): annotation not used as a seed: %s", task_id, stem, reason
             )
-            rejected.append({"stem": stem, "task_id": int(t["id"]), "reason": str(exc)})
-            state["pulled"][task_id] = {"annotation": key, "status": "rejected", "reason": str(exc)}
+            rejected.append({"stem": stem, "task_id": int(t["id"]), "reason": reason})
+            state["pulled"][task_id] = {
+                **({"seed": earlier["seed"]} if earlier.get("status") == "seed" else {}),
+                "annotation": key,
+                "status": "seed" if earlier.get("status") == "seed" else "rejected",
+                "reason": reason,
+            }
+            write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
             continue
         added.append(record)
         state["pulled"][task_id] = {"annotation": key, "status": "seed", "seed": record["stem"]}
+        # after every seed: a crash mid-pull does not pull (and report) the same seeds again
+        write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
     write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
     log.info(
         "pulled %d seed(s) from Label Studio (%d rejected, %d skipped, %d already pulled)",
@@ -274,81 +280,5 @@ def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> 
     }
 
 
-def _frames_by_stem(root: str) -> dict[str, tuple[str, str]]:
-    """{frame stem: (drive, URL)} over every drop under ROOT/drops."""
-    from tasks.ingest import list_drops
-
-    out: dict[str, tuple[str, str]] = {}
-    for drive in list_drops(root):
-        for stem, url in list_images(join(drop_url(root, drive), "images")):
-            out.setdefault(stem, (drive, url))
-    return out
-
-
-def review_pull_files(
-    root: str, classes: str, params: ReviewParams | None = None
-) -> dict[str, Any]:
-    """`review.backend: files`: corrected files dropped into ROOT/review/inbox become seeds.
-
-    Each file (CVAT XML, Cityscapes zip or Label Studio JSON export, as `lamflow review
-    export` wrote them into ROOT/review/outbox and the team's tool exported them back) is read
-    once (by its sha256); frames are found by stem among the drops. Same validation as the
-    server route; a file that cannot be parsed is reported and retried after it changes.
-    """
-    from tasks.review import read_review_file
-
-    params = params or ReviewParams()
-    started = time.perf_counter()
-    class_list = load_classes(classes)
-    inbox = join(root, "review", "inbox")
-    state_url = join(root, "review", "pulled_files.json")
-    done = json.loads(read_bytes(state_url)) if exists(state_url) else {}
-    frames = _frames_by_stem(root)
-    added: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    unchanged = 0
-    for name in list_dir(inbox):
-        url = join(inbox, name)
-        sha = sha256_bytes(read_bytes(url))
-        if done.get(name) == sha:
-            unchanged += 1
-            continue
-        try:
-            labels = read_review_file(url, class_list, annotated_only=True)
-        except LamflowError as exc:
-            rejected.append({"stem": "", "file": name, "reason": str(exc)})
-            continue
-        for stem, label in sorted(labels.items()):
-            try:
-                if stem not in frames:
-                    raise LamflowError(f"no drop holds a frame {stem}")
-                drive, frame_url = frames[stem]
-                record = add_seed(
-                    seed_set_url(root),
-                    seed_stem(drive, stem),
-                    read_bytes(frame_url),
-                    frame_url.rsplit(".", 1)[-1],
-                    label,
-                    class_list,
-                    {"source": "files", "drive": drive, "frame": stem, "file": name},
-                )
-            except LamflowError as exc:
-                rejected.append({"stem": stem, "file": name, "reason": str(exc)})
-                continue
-            added.append(record)
-        done[name] = sha
-    write_text_atomic(state_url, json.dumps(done, indent=1))
-    return {
-        "added": added,
-        "rejected": rejected,
-        "skipped": [],
-        "unchanged": unchanged,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-
-
-review_pull_files_task = task(name="review_pull", retries=2, retry_delay_seconds=5)(
-    review_pull_files
-)
 review_push_task = task(name="review_push", retries=2, retry_delay_seconds=5)(review_push)
 review_pull_task = task(name="review_pull", retries=2, retry_delay_seconds=5)(review_pull)

@@ -5,6 +5,7 @@ Layout (one file per seed in each folder, named by the seed's stem):
     labels/STEM.png         class ids, void (the ignore id) where the human said nothing
     provenance/STEM.json    where the seed came from; written last, so a seed exists exactly
                             when its provenance does (a crash mid-add leaves no half seed)
+    bootstrap.json          the first seeds were all copied in (written after the last one)
 
 Provenance: {stem, source ("bootstrap" | "labelstudio" | ...), drive, sha256 (frame bytes),
 label_sha256, task_id, annotation_id, annotator, annotated_at, added_at}.
@@ -43,6 +44,7 @@ from lamflow.storage import (
 )
 
 log = logging.getLogger(__name__)
+BOOTSTRAP_MARKER = "bootstrap.json"  # written last by bootstrap_seed_set
 
 
 def seed_set_url(root: str) -> str:
@@ -50,7 +52,8 @@ def seed_set_url(root: str) -> str:
     return join(root, "seeds")
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second (provenance and state records)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -116,16 +119,17 @@ def add_seed(
         "sha256": sha256_bytes(image_bytes),
         "label_sha256": sha256_bytes(label_bytes),
         "labeled_pixels": int((label != classes.ignore_index).sum()),
-        "added_at": _now(),
+        "added_at": utc_now(),
     }
-    # A replaced seed may change its suffix: the old frame file must not linger beside it.
+    write_bytes_atomic(join(seeds, "images", f"{stem}.{suffix}"), image_bytes)
+    write_bytes_atomic(join(seeds, "labels", f"{stem}.png"), label_bytes)
+    write_text_atomic(join(seeds, "provenance", f"{stem}.json"), json.dumps(record, indent=1))
+    # A replaced seed may change its suffix: the old frame file must not linger beside it
+    # (removed only after the new one is complete, so a crash never leaves a seed frameless).
     for old in ("jpg", "jpeg", "png"):
         if old != suffix and exists(join(seeds, "images", f"{stem}.{old}")):
             fs, path = get_fs(join(seeds, "images", f"{stem}.{old}"))
             fs.rm(path)
-    write_bytes_atomic(join(seeds, "images", f"{stem}.{suffix}"), image_bytes)
-    write_bytes_atomic(join(seeds, "labels", f"{stem}.png"), label_bytes)
-    write_text_atomic(join(seeds, "provenance", f"{stem}.json"), json.dumps(record, indent=1))
     return record
 
 
@@ -134,19 +138,23 @@ def bootstrap_seed_set(
 ) -> list[dict[str, Any]]:
     """Copy the first human seeds (`stems` of `images`/`labels`) into an empty seed set.
 
-    Does nothing when the set already has seeds: the set, not params, is the truth once the
-    loop runs (a later edit of `train.seeds` does not silently drop reviewed seeds).
-    Returns the seed set's provenance list.
+    Done once: `bootstrap.json`, written after the last seed, marks a finished bootstrap, and
+    from then on the set, not params, is the truth (a later edit of `train.seeds` does not
+    silently drop reviewed seeds). A bootstrap a crash cut short is completed by the next call
+    (seeds already present are not copied again). Returns the seed set's provenance list.
     """
-    current = list_seeds(seeds)
-    if current:
-        return current
+    marker = join(seeds, BOOTSTRAP_MARKER)
+    if exists(marker):
+        return list_seeds(seeds)
     if not stems:
         raise LamflowError(
             "the seed set is empty and train.seeds lists no stem: give the first seed frames"
         )
+    present = {str(p["stem"]) for p in list_seeds(seeds)}
     frames = dict(list_images(images))
     for stem in stems:
+        if stem in present:
+            continue
         if stem not in frames:
             raise LamflowError(f"train.seeds: {stem!r} not found in {images}")
         label_url = find_by_stem(labels, stem)
@@ -162,6 +170,9 @@ def bootstrap_seed_set(
             classes,
             {"source": "bootstrap", "drive": stem.split("_", 1)[0], "from": frames[stem]},
         )
+    write_text_atomic(
+        marker, json.dumps({"stems": list(stems), "images": images, "at": utc_now()}, indent=1)
+    )
     log.info("seed set %s bootstrapped with %d seed(s)", seeds, len(stems))
     return list_seeds(seeds)
 

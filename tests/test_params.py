@@ -55,3 +55,14 @@ def test_overrides_are_typed(tmp_path: Path):
         load_params(path, ["seed=3"])
     with pytest.raises(LamflowError, match="params file not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_review_backfill_names_its_drops_and_rejects_nonsense() -> None:
+    from lamflow.params import ReviewParams
+
+    drops = ["d1", "d2", "d3"]
+    assert ReviewParams(backfill="all").backfill_drops(drops) == drops
+    assert ReviewParams(backfill="none").backfill_drops(drops) == []
+    assert ReviewParams(backfill="last 2").backfill_drops(drops) == ["d2", "d3"]
+    with pytest.raises(LamflowError, match="review.backfill: .*'last two'"):
+        parse_params({"review": {"backfill": "last two"}})

@@ -122,6 +122,9 @@ def rank_for_review(
     if budget == 0 or n == 0:
         return []
     priority = uncertainty_weight * unc + coverage_weight * cov
+    # The task score of a flagged frame exceeds every unflagged one's (priority is at most the
+    # sum of the weights), so Label Studio's score-sorted tab also shows flagged frames first.
+    flag_bonus = uncertainty_weight + coverage_weight + 1.0
     dist = _pairwise_dist(unit, unit)
     off = dist[~np.eye(n, dtype=bool)]
     scale = float(np.median(off)) if off.size else 1.0
@@ -149,7 +152,7 @@ def rank_for_review(
             ReviewChoice(
                 index=i,
                 rank=len(chosen) + 1,
-                score=round(float(priority[i]) + (1.0 if flag[i] else 0.0), 4),
+                score=round(float(priority[i]) + (flag_bonus if flag[i] else 0.0), 4),
                 uncertainty=round(float(unc[i]), 4),
                 coverage=round(float(cov[i]), 4),
                 flagged=bool(flag[i]),

@@ -1,4 +1,4 @@
-"""`lamflow stage NAME | nightly | bootstrap | serve | drop add | s3 up|down|env`.
+"""`lamflow stage NAME | nightly | bootstrap | serve | drop add|accept | s3 up|down|env`.
 
 `lamflow stage NAME` calls the plain stage function named in `STAGES`; its command-line options
 are made from the function's signature (`images: str` -> `--images URL`, `seeds: list[str]` ->
@@ -12,6 +12,7 @@ import argparse
 import importlib
 import inspect
 import json
+import os
 import sys
 import typing
 from collections.abc import Callable, Iterable
@@ -85,7 +86,7 @@ _STAGES: dict[str, StageSpec] = {
         "tasks.review_select:review_select",
         "choose a labeled drop's frames for human review -> review_selection.json",
         {"params": "review", "embed": "select_seeds"},
-        {"seeds": "seed_set"},
+        {"seeds": "seed_set", "cache": "embedding_cache"},
     ),
     "review_push": StageSpec(
         "tasks.review_sync:review_push",
@@ -122,6 +123,10 @@ _DERIVED: dict[str, Callable[[Params], Any]] = {
     "seed_labels": _seed_source("labels"),
     "classes": _seed_source("classes"),
     "seed_set": lambda params: join(params.data.root, "seeds"),  # tasks.seed_set.seed_set_url
+    # the flow's cache too (flows.review_loop.embedding_cache): one embedding per frame sha256
+    "embedding_cache": lambda params: (
+        params.select_seeds.cache or join(params.data.root, "embeddings")
+    ),
 }
 
 
@@ -245,6 +250,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="only the first N frames")
     p.add_argument("--root", default=None, help="ROOT (default: data.root)")
     p.set_defaults(func=_drop_add)
+    p = dsub.add_parser(
+        "accept",
+        help="accept a drop whose QC failed: the next nightly run exports it and marks it done",
+    )
+    _common(p)
+    p.add_argument("drive")
+    p.add_argument("--by", default=os.environ.get("USER", ""), help="who accepts (recorded)")
+    p.add_argument("--note", default="", help="why (recorded)")
+    p.add_argument("--root", default=None, help="ROOT (default: data.root)")
+    p.set_defaults(func=_drop_accept)
 
     p = sub.add_parser("s3", help="the project's SeaweedFS S3 server on 127.0.0.1")
     p.add_argument("action", choices=("up", "down", "env"))
@@ -282,8 +297,17 @@ def _stage(args: argparse.Namespace) -> int:
     if quarantined:
         n = quarantined if isinstance(quarantined, int) else len(quarantined)
         print(f"lamflow: warning: {n} frame(s) quarantined", file=sys.stderr)
-    if isinstance(result, dict) and result.get("status") in ("warn", "fail"):
-        print(f"lamflow: warning: qc {result['status']}", file=sys.stderr)
+    if isinstance(result, dict) and result.get("status") == "fail":
+        # A failed QC stops `dvc repro` here: later stages must not publish these labels.
+        failed = [c["column"] for c in result.get("checks", []) if not c.get("success")]
+        print(
+            f"lamflow: error: qc failed ({', '.join(failed) or 'see checks'}); "
+            f"the reasons are in qc.json",
+            file=sys.stderr,
+        )
+        return 1
+    if isinstance(result, dict) and result.get("status") == "warn":
+        print("lamflow: warning: qc warn", file=sys.stderr)
     return 0
 
 
@@ -365,6 +389,15 @@ def _drop_add(args: argparse.Namespace) -> int:
             {"drive": args.drive, "frames": n, "images": join(drop_url(root, args.drive), "images")}
         )
     )
+    return 0
+
+
+def _drop_accept(args: argparse.Namespace) -> int:
+    from flows.state import accept_drop
+
+    params = load_params(args.params, args.set)
+    record = accept_drop(args.root or params.data.root, args.drive, args.by, args.note)
+    print(json.dumps(record))
     return 0
 
 

@@ -66,6 +66,26 @@ def test_nightly_labels_new_drops_once_and_skips_leased_ones(
     assert done["labeled"] == 4
 
 
+def test_a_drop_failing_qc_is_not_published_until_a_person_accepts_it(
+    prefect_harness: None, tmp_path: Path, seed_set: Path
+) -> None:
+    from flows.state import accept_drop, done_drives
+
+    root = tmp_path / "root"
+    params = write_params(tmp_path / "params.yaml", str(root), seed_set, qc={"max_drift": 0.0})
+    write_drop(str(root), "d1", 2)
+    with pytest.raises(LamflowError, match="QC failed for drop\\(s\\) d1: not exported"):
+        _run(params)
+    assert not (root / "exports").exists() and done_drives(str(root)) == set()
+    assert "last_success" not in read_watermark(str(root))
+
+    accept_drop(str(root), "d1", by="test", note="drift expected: new city")
+    result = _run(params)
+    d1 = result["drops"]["d1"]
+    assert d1["qc"] == "fail" and d1["accepted"]
+    assert (Path(d1["export"]) / "index.json").exists() and done_drives(str(root)) == {"d1"}
+
+
 def test_nightly_adapts_the_model_to_each_drop_when_asked(
     prefect_harness: None, tmp_path: Path, seed_set: Path
 ) -> None:

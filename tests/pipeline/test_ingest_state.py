@@ -138,3 +138,34 @@ def test_done_markers(tmp_path: Path) -> None:
     assert done_drives(str(tmp_path)) == {"d1"}
     with pytest.raises(LamflowError):
         mark_done(str(tmp_path), "../x", {})
+
+
+def test_the_run_lease_is_apart_from_drive_leases_and_renews(tmp_path: Path) -> None:
+    from flows.state import RUN_LEASES, renew_lease
+
+    root = str(tmp_path)
+    run = acquire_lease(root, "nightly", "run-1", ttl=0.5, settle=0, folder=RUN_LEASES)
+    assert run is not None
+    # a drive called "nightly" has its own lease, not the run's
+    assert acquire_lease(root, "nightly", "run-1", ttl=60, settle=0) is not None
+    assert acquire_lease(root, "nightly", "run-2", ttl=60, settle=0, folder=RUN_LEASES) is None
+    assert renew_lease(root, "nightly", run, ttl=60, folder=RUN_LEASES)
+    time.sleep(0.6)  # past the first ttl: renewal kept it
+    assert acquire_lease(root, "nightly", "run-2", ttl=60, settle=0, folder=RUN_LEASES) is None
+    release_lease(root, "nightly", run, folder=RUN_LEASES)
+    other = acquire_lease(root, "nightly", "run-2", ttl=60, settle=0, folder=RUN_LEASES)
+    assert other is not None and not renew_lease(root, "nightly", run, ttl=60, folder=RUN_LEASES)
+
+
+def test_drops_by_age_keeps_the_first_finish_across_relabels(tmp_path: Path) -> None:
+    from flows.state import drops_by_age, read_done
+
+    root = str(tmp_path)
+    mark_done(root, "b", {"model_version": "v1"})
+    time.sleep(1.1)  # records carry seconds
+    mark_done(root, "a", {"model_version": "v1"})
+    first = read_done(root, "b")["first_finished_at"]
+    time.sleep(1.1)
+    mark_done(root, "b", {"model_version": "v2"})  # relabeled later
+    assert read_done(root, "b")["first_finished_at"] == first
+    assert drops_by_age(root) == ["b", "a"]

@@ -130,3 +130,20 @@ def test_export_publishes_labels_and_the_review_list(
     index = json.loads((dest / "index.json").read_text())
     assert index["format"] == fmt and len(index["frames"]) == 5
     assert export(out, tiny_model["model"], str(dest), params, progress=False)["skipped"] == 5
+
+
+def test_stage_qc_exits_nonzero_on_a_failed_qc_so_dvc_repro_stops(
+    tmp_path: Path, tiny_model: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamflow.cli import main
+
+    out, _ = _label_drop(tmp_path, tiny_model)
+    finish_annotate(out)
+    args = ["stage", "qc", "--labels", out, "--ingest", str(tmp_path / "drops/d1/ingest.json")]
+    args += ["--model", tiny_model["model"], "--set", "qc.min_mean_confidence=0"]
+    args += ["--set", "qc.max_low_confidence_fraction=1"]
+    assert main([*args, "--set", "qc.max_drift=1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--set", "qc.max_drift=0"]) == 1
+    assert "qc failed (drift)" in capsys.readouterr().err
+    assert json.loads((Path(out) / "qc.json").read_text())["status"] == "fail"

@@ -74,6 +74,12 @@ def test_bootstrap_once_then_the_set_is_the_truth(tmp_path: Path, seed_set: Path
     assert [p["source"] for p in first] == ["bootstrap", "bootstrap"]
     again = bootstrap_seed_set(seeds, images, labels, ["seed_02"], CLASSES)
     assert [p["stem"] for p in again] == ["seed_00", "seed_01"]
+    # a bootstrap a crash cut short (one seed copied, no marker) is completed next time
+    cut = str(tmp_path / "cut")
+    bootstrap_seed_set(cut, images, labels, ["seed_00"], CLASSES)
+    (tmp_path / "cut" / "bootstrap.json").unlink()
+    done = bootstrap_seed_set(cut, images, labels, ["seed_00", "seed_01"], CLASSES)
+    assert [p["stem"] for p in done] == ["seed_00", "seed_01"]
     with pytest.raises(LamflowError, match="'nope' not found"):
         bootstrap_seed_set(str(tmp_path / "other"), images, labels, ["nope"], CLASSES)
 
@@ -88,10 +94,10 @@ def test_a_new_or_edited_seed_trains_a_new_model(tmp_path: Path, seed_set: Path)
     first = ensure_model(str(root), params, progress=False)
     assert first["trained"] and first["seeds"] == 2
     assert not ensure_model(str(root), params, progress=False)["trained"]
-    before = seed_set_fingerprint(str(root / "seeds"))
 
     img, lab = make_scene(50)
     add_seed(str(root / "seeds"), "d9_0001", _png(img), "png", lab, CLASSES, {"source": "test"})
+    before = seed_set_fingerprint(str(root / "seeds"))
     second = ensure_model(str(root), params, progress=False)
     assert second["trained"] and second["seeds"] == 3
     assert second["model_version"] != first["model_version"]

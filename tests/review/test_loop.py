@@ -171,7 +171,7 @@ def test_server_down_skips_review_not_labeling_and_the_next_run_catches_up(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "root"
-    params = _params(tmp_path, root, camvid, "loop-server-down", retry_delay_seconds=0)
+    params = _params(tmp_path, root, camvid, "loop-server-down", retries=1, retry_delay_seconds=0)
     _drop(root, camvid, "0016E5-c", ["0016E5_01800", "0016E5_04500"])
     down = {
         "LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}",
@@ -179,10 +179,20 @@ def test_server_down_skips_review_not_labeling_and_the_next_run_catches_up(
     }
     with environment(down):
         night1 = _nightly(params)
+    night1_run = night1["run"]
     assert night1["drops"]["0016E5-c"]["labeled"] == 2
     assert night1["review"]["pull"]["status"] == "skipped"
     assert night1["review"]["push"]["status"] == "skipped"
     assert not (root / "review" / "pushed" / "0016E5-c.json").exists()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        runs = [
+            r
+            for r in prefect.read_task_runs()
+            if str(r.flow_run_id) == night1_run and r.name.startswith("review_pu")
+        ]
+    assert runs and all(r.run_count == 2 for r in runs), "an unreachable server is retried"
 
     with environment(labelstudio.env()):
         night2 = _nightly(params)

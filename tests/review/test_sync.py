@@ -16,7 +16,8 @@ from lamflow.labelstudio import LabelStudioServer
 from lamflow.labelstudio_api import LabelStudioClient
 from lamflow.params import ReviewParams
 from lamflow.storage import sha256_bytes
-from tasks.review_sync import review_pull, review_pull_files
+from tasks.review_files import review_pull_files
+from tasks.review_sync import review_pull
 from tasks.seed_set import list_seeds
 from tests.conftest import make_scene
 from tests.pipeline.helpers import TINY_CLASSES, environment

@@ -37,11 +37,18 @@ def test_diversity_spreads_picks_over_scenes_not_near_copies() -> None:
     emb = _scenes()
     unc = np.full(12, 0.5)
     unc[:4] = [0.9, 0.89, 0.88, 0.87]  # scene 0 is the most uncertain, by far
-    picks = rank_for_review(emb, unc, np.zeros(12), np.zeros(12, bool), budget=3)
+    # no near-copy suppression: the distance term alone must spread the picks
+    picks = rank_for_review(
+        emb, unc, np.zeros(12), np.zeros(12, bool), budget=3, dedupe_threshold=1.01
+    )
     assert [p.rank for p in picks] == [1, 2, 3]
     assert picks[0].index == 0
     scenes = {p.index // 4 for p in picks}
     assert scenes == {0, 1, 2}, "near-duplicates of the first pick must not take the budget"
+    # and with suppression, a scene's best frame (not its first) represents it
+    unc[4:8] = [0.1, 0.1, 0.6, 0.1]
+    picks = rank_for_review(emb, unc, np.zeros(12), np.zeros(12, bool), budget=2)
+    assert [p.index for p in picks] == [0, 6]
     assert all(p.reasons for p in picks) and "distance" in picks[1].reasons[-1]
 
 
@@ -61,6 +68,12 @@ def test_qc_flagged_frames_come_first_with_their_reason() -> None:
     assert picks[0].index == 11 and picks[0].flagged
     assert "qc flagged: mean_confidence=0.3" in picks[0].reasons[0]
     assert picks[0].score > picks[1].score
+
+    # the task score (Label Studio's sort key) keeps a flagged frame above every other, even
+    # when the weights let an unflagged frame's priority exceed 1
+    cov = np.ones(12)
+    top = rank_for_review(emb, np.ones(12), cov, flagged, budget=12, dedupe_threshold=1.01)
+    assert top[0].flagged and all(top[0].score > c.score for c in top[1:])
 
 
 def test_coverage_pulls_in_the_frame_with_a_rare_class() -> None:
