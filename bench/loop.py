@@ -297,6 +297,39 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def summarize(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per budget: each strategy's gain after the last night (drops: against the night-0 model
+    on the same frames; val: against night 0), and whether the issue's targets are met
+    (B = 5: drops +8, val +4, both above random's gains)."""
+    out: dict[str, Any] = {}
+    for budget in sorted({c["budget"] for c in configs}):
+        by = {c["strategy"]: c for c in configs if c["budget"] == budget}
+        row: dict[str, Any] = {
+            s: {
+                "drops_miou": c["nights"][-1]["drops"]["miou"],
+                "drops_gain": c["gain_after_last_night"]["drops_vs_night0_same_frames"],
+                "val_miou": c["nights"][-1]["val"]["miou"],
+                "val_gain": c["gain_after_last_night"]["val"],
+            }
+            for s, c in by.items()
+        }
+        if "active" in row and "random" in row:
+            a, r = row["active"], row["random"]
+            row["active_beats_random"] = {
+                "drops": a["drops_gain"] > r["drops_gain"],
+                "val": a["val_gain"] > r["val_gain"],
+            }
+        if budget == 5 and "active" in row:
+            a = row["active"]
+            row["targets_met"] = {
+                "drops_gain_ge_8": a["drops_gain"] >= 8,
+                "val_gain_ge_4": a["val_gain"] >= 4,
+                "beats_random": all(row.get("active_beats_random", {"x": False}).values()),
+            }
+        out[f"B{budget}"] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--camvid", default=default_camvid())
@@ -306,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nights", type=int, default=4)
     parser.add_argument("--val-step", type=int, default=1, help="score every k-th val frame")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "loop"))
+    parser.add_argument("--summarize", help="only print the summary of an earlier loop.json")
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(
+            json.dumps(summarize(json.loads(Path(args.summarize).read_text())["configs"]), indent=1)
+        )
+        return 0
     args.camvid = str(Path(args.camvid).resolve())
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -338,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "nights": args.nights,
         "seed_frames_scored": "drops: frames that are not seeds (reviewer frames left out)",
         "val_rule": f"reviewer seeds >= {MIN_GAP} frame numbers from val {VAL_FIRST}-{VAL_LAST}",
+        "summary": summarize(configs),
         "configs": configs,
         "seconds": round(time.perf_counter() - started, 1),
     }
