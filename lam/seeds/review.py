@@ -36,7 +36,7 @@ class ReviewChoice:
 
     index: int
     rank: int
-    score: float  # the review priority (higher = sooner), also the task's score
+    score: float  # the review priority in [0, 1] (higher = sooner), also the task's score
     uncertainty: float
     coverage: float
     flagged: bool
@@ -125,6 +125,8 @@ def rank_for_review(
     # The task score of a flagged frame exceeds every unflagged one's (priority is at most the
     # sum of the weights), so Label Studio's score-sorted tab also shows flagged frames first.
     flag_bonus = uncertainty_weight + coverage_weight + 1.0
+    # ... and scores lie in [0, 1], as Label Studio shows a prediction score as a percentage.
+    score_scale = 2.0 * (uncertainty_weight + coverage_weight) + 1.0
     dist = _pairwise_dist(unit, unit)
     off = dist[~np.eye(n, dtype=bool)]
     scale = float(np.median(off)) if off.size else 1.0
@@ -152,7 +154,9 @@ def rank_for_review(
             ReviewChoice(
                 index=i,
                 rank=len(chosen) + 1,
-                score=round(float(priority[i]) + (flag_bonus if flag[i] else 0.0), 4),
+                score=round(
+                    (float(priority[i]) + (flag_bonus if flag[i] else 0.0)) / score_scale, 4
+                ),
                 uncertainty=round(float(unc[i]), 4),
                 coverage=round(float(cov[i]), 4),
                 flagged=bool(flag[i]),

@@ -74,6 +74,7 @@ def test_qc_flagged_frames_come_first_with_their_reason() -> None:
     cov = np.ones(12)
     top = rank_for_review(emb, np.ones(12), cov, flagged, budget=12, dedupe_threshold=1.01)
     assert top[0].flagged and all(top[0].score > c.score for c in top[1:])
+    assert all(0.0 <= c.score <= 1.0 for c in top)  # Label Studio shows it as a percentage
 
 
 def test_coverage_pulls_in_the_frame_with_a_rare_class() -> None:
