@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lam.errors import LamflowError
+from lamflow.daemon import (
+    kill_process,
+    port_free,
+    running_state,
+    stop_background,
+    stop_process,
+    write_state,
+)
 
 DEFAULT_DIR = Path(".labelstudio")
 DEFAULT_PORT = 8080
@@ -50,17 +57,6 @@ def label_studio_binary() -> str:
         f"Label Studio executable `label-studio` not found (looked at $LAMFLOW_LABEL_STUDIO, "
         f"{venv}, PATH): install it with `{INSTALL_HINT}`"
     )
-
-
-def port_free(port: int) -> bool:
-    """True if nothing listens on 127.0.0.1:port (Label Studio would silently take port + 1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port() -> int:
@@ -237,20 +233,11 @@ class LabelStudioServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Graceful stop (SIGTERM to the process group), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout)
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """Abrupt death (SIGKILL), as in a crash: for reliability tests."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(15)
+        kill_process(self.proc)
 
 
 def _state_file(data_dir: Path) -> Path:
@@ -260,51 +247,18 @@ def _state_file(data_dir: Path) -> Path:
 def up(data_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT) -> str:
     """Start the project's server in the background (idempotent); returns its URL."""
     data_dir = data_dir.resolve()
-    state = _state_file(data_dir)
-    if state.exists():
-        info = json.loads(state.read_text())
-        try:
-            os.kill(info["pid"], 0)
-            return str(info["url"])
-        except ProcessLookupError:
-            state.unlink()
+    running = running_state(_state_file(data_dir))
+    if running:
+        return str(running["url"])
     server = LabelStudioServer(data_dir, port, credentials(data_dir)).start()
     pid = server.proc.pid if server.proc is not None else -1
-    state.write_text(json.dumps({"pid": pid, "url": server.url}))
+    write_state(_state_file(data_dir), pid, url=server.url)
     return server.url
 
 
 def down(data_dir: Path = DEFAULT_DIR) -> bool:
     """Stop the server started by `up`; False if none was running."""
-    state = _state_file(data_dir.resolve())
-    if not state.exists():
-        return False
-    pid = int(json.loads(state.read_text())["pid"])
-    state.unlink()
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    for _ in range(80):
-        if _gone(pid):
-            return True
-        time.sleep(0.25)
-    os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-def _gone(pid: int) -> bool:
-    """True once pid has exited; reaps it if it is our child (`up` in this process, as in tests)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return True
-    except ChildProcessError:
-        pass  # not our child: init reaps it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return stop_background(_state_file(data_dir.resolve()))
 
 
 def env_lines(data_dir: Path = DEFAULT_DIR) -> list[str]:

