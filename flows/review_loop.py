@@ -180,6 +180,20 @@ def _overlay_thumb(image_url: str, label_url: str, palette: Any, size: int = 320
     return f"![{label_url.rsplit('/', 1)[-1]}](data:image/jpeg;base64,{b64})"
 
 
+def tasks_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Pushed tasks as markdown: a compact table, then why each frame was chosen (as a list:
+    reasons are too long for a table column in the Prefect UI)."""
+    lines = ["| rank | frame | task | score |", "|---:|---|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row.get('rank', '')} | `{row['stem']}` | {row.get('task_id', '')} | "
+            f"{row.get('score', '')} |"
+        )
+    lines.append("")
+    lines += [f"- `{row['stem']}`: {'; '.join(row.get('reasons', []))}" for row in rows]
+    return lines
+
+
 def drop_review_report(
     root: str, drive: str, labels: str, record: dict[str, Any], classes: str, overlays: int
 ) -> str:
@@ -188,19 +202,8 @@ def drop_review_report(
     from lamflow.storage import list_images
     from tasks._frames import load_classes
 
-    lines = [
-        f"### Review tasks of drop `{drive}`",
-        "",
-        "| rank | frame | task | score | why |",
-        "|---:|---|---:|---:|---|",
-    ]
     rows = record.get("tasks", [])
-    for row in rows:
-        why = "; ".join(row.get("reasons", []))
-        lines.append(
-            f"| {row.get('rank', '')} | `{row['stem']}` | {row.get('task_id', '')} | "
-            f"{row.get('score', '')} | {why} |"
-        )
+    lines = [f"### Review tasks of drop `{drive}`", "", *tasks_markdown(rows)]
     if record.get("already"):
         lines += ["", f"Already tasks (not pushed again): {len(record['already'])}."]
     frames = dict(list_images(join(drop_url(root, drive), "images")))
@@ -258,16 +261,5 @@ def loop_report(
     if push["status"] == "skipped":
         lines.append(f"**Push skipped:** {push['reason']} (the next run pushes these drops).")
     for drive, record in push.get("drops", {}).items():
-        lines += [
-            f"**Pushed from `{drive}`:**",
-            "",
-            "| frame | task | score | why |",
-            "|---|---:|---:|---|",
-        ]
-        for row in record.get("tasks", []):
-            why = "; ".join(row.get("reasons", []))
-            lines.append(
-                f"| `{row['stem']}` | {row.get('task_id', '')} | {row.get('score', '')} | {why} |"
-            )
-        lines.append("")
+        lines += [f"**Pushed from `{drive}`:**", "", *tasks_markdown(record.get("tasks", [])), ""]
     return "\n".join(lines)
