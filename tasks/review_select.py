@@ -85,8 +85,7 @@ def review_select(
     out = out or join(labels, SELECTION)
     started = time.perf_counter()
     records = _records(labels)
-    seed_rows = list_seeds(seeds) if seeds else []
-    seed_shas = {str(p.get("sha256")) for p in seed_rows}
+    seed_shas = {str(p.get("sha256")) for p in list_seeds(seeds)} if seeds else set()
     frames = dict(list_images(images))
     candidates = [r for r in records if r["stem"] in frames and r["sha256"] not in seed_shas]
     report = json.loads(read_bytes(join(model, "train_report.json")))
@@ -99,14 +98,12 @@ def review_select(
         draw = params.seed * 1_000_003 + zlib.crc32(images.encode())
         choices = random_for_review(len(candidates), params.budget_per_drop, draw)
     else:
-        embed = embed.model_copy(update={"start": "typical"})
-        cache = cache or embed.cache or join(labels, "embeddings")
         emb, _, _ = embed_drop(
-            [(r["stem"], frames[r["stem"]]) for r in candidates], embed, cache, progress
+            [(r["stem"], frames[r["stem"]]) for r in candidates],
+            embed.model_copy(update={"start": "typical"}),
+            cache or embed.cache or join(labels, "embeddings"),
+            progress,
         )
-        # the seed set's frames count as already picked (same embedding cache, by sha256)
-        seed_frames = list_images(join(seeds, "images")) if seed_rows else []
-        covered = embed_drop(seed_frames, embed, cache, False)[0] if seed_frames else None
         unc = uncertainty_scores(
             np.array([float(r.get("mean_confidence") or 0.0) for r in candidates]),
             np.array([float(r.get("low_confidence_fraction") or 0.0) for r in candidates]),
@@ -132,7 +129,6 @@ def review_select(
             dedupe_threshold=params.dedupe_threshold,
             rare_classes=rare,
             flag_reasons=[flags.get(r["stem"], []) for r in candidates],
-            covered=covered,
         )
     chosen = []
     for c in choices:

@@ -97,7 +97,6 @@ def rank_for_review(
     dedupe_threshold: float = 0.95,
     rare_classes: Sequence[Sequence[str]] | None = None,
     flag_reasons: Sequence[Sequence[str]] | None = None,
-    covered: np.ndarray | None = None,
 ) -> list[ReviewChoice]:
     """Choose up to `budget` frames to review, ranked, each with the reasons it was chosen.
 
@@ -107,8 +106,6 @@ def rank_for_review(
         coverage: (N,) in [0, 1] (`coverage_scores`).
         flagged: (N,) bool, QC flagged the frame; flagged frames come before all others.
         rare_classes / flag_reasons: optional per-frame text for the reasons.
-        covered: optional (M, D) embeddings of frames that already are seeds: k-center counts
-            them as picked, so a frame like an earlier night's reviewed frame is less novel.
     Returns:
         at most `budget` choices, rank 1 first; fewer when fewer distinct frames exist.
     """
@@ -135,13 +132,6 @@ def rank_for_review(
     scale = float(np.median(off)) if off.size else 1.0
     scale = scale if scale > 0 else 1.0
     nearest = np.full(n, np.inf)
-    if covered is not None and len(covered):
-        seen = _check_embeddings(covered)
-        if seen.shape[1] != unit.shape[1]:
-            raise LamflowError(
-                f"covered has {seen.shape[1]} dimensions, embeddings {unit.shape[1]}"
-            )
-        nearest = _pairwise_dist(unit, seen).min(axis=1)
     open_ = np.ones(n, dtype=bool)
     chosen: list[ReviewChoice] = []
     while len(chosen) < budget and open_.any():
@@ -158,8 +148,8 @@ def rank_for_review(
         reasons.append(f"uncertainty {unc[i]:.3f}")
         rare = list((rare_classes or [[]] * n)[i])
         reasons.append(f"coverage {cov[i]:.3f}" + (f" (shows {', '.join(rare)})" if rare else ""))
-        if chosen or covered is not None:
-            reasons.append(f"distance {gap:.3f} to the nearest seed or earlier pick")
+        if chosen:
+            reasons.append(f"distance {gap:.3f} to the nearest earlier pick")
         chosen.append(
             ReviewChoice(
                 index=i,

@@ -52,17 +52,6 @@ def test_diversity_spreads_picks_over_scenes_not_near_copies() -> None:
     assert all(p.reasons for p in picks) and "distance" in picks[1].reasons[-1]
 
 
-def test_frames_like_existing_seeds_are_less_novel() -> None:
-    emb = _scenes()
-    unc = np.full(12, 0.5)
-    unc[:4] = 0.6  # scene 0 is a little more uncertain ...
-    plain = rank_for_review(emb, unc, np.zeros(12), np.zeros(12, bool), budget=1)
-    assert plain[0].index // 4 == 0
-    seen = emb[[1]]  # ... but an earlier night already made one of its frames a seed
-    aware = rank_for_review(emb, unc, np.zeros(12), np.zeros(12, bool), budget=1, covered=seen)
-    assert aware[0].index // 4 != 0 and "nearest seed" in aware[0].reasons[-1]
-
-
 def test_qc_flagged_frames_come_first_with_their_reason() -> None:
     emb = _scenes()
     unc = np.linspace(0.9, 0.1, 12)
