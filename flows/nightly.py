@@ -19,9 +19,6 @@ task, the same function `lamflow stage NAME` and `dvc.yaml` call.
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -37,29 +34,18 @@ from prefect.runtime import flow_run
 
 from lam.errors import LamflowError
 from lamflow.params import Params, load_params
-from lamflow.storage import exists, join, list_dir, read_bytes, safe_name, sha256_bytes
-from tasks.adapt import ADAPT_REPORT, adapt_task
-from tasks.export import export_task
-from tasks.ingest import INGEST_MANIFEST, add_drop, drop_url, ingest_task, list_drops
-from tasks.models import ensure_model_task
-from tasks.qc import qc_task
-from tasks.seed_set import seed_set_url
-from tasks.shards import (
-    annotate_shard_task,
-    busy_seconds,
-    finish_annotate_task,
-    plan_shards,
-    warm_worker_task,
-)
+from lamflow.storage import safe_name
+from tasks.ingest import add_drop, list_drops
+from tasks.models import ensure_model_task, seed_sources
 
-from .review_loop import loop_report, pending_pushes, pull_step, push_step
+from .drop import adapted_model, label_drop, labels_url
+from .review_loop import loop_report, pending_pushes, pull_step, push_step, pushed_overlays
 from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
 from .state import (
     RUN_LEASES,
     acquire_lease,
     done_drives,
     drops_by_age,
-    is_accepted,
     mark_done,
     read_done,
     read_model_pointer,
@@ -70,154 +56,8 @@ from .state import (
 )
 
 log = logging.getLogger(__name__)
-__all__ = ["auto_workers", "bootstrap", "dask_runner", "nightly", "shared_prefect_api"]
-__all__ += ["worker_environment"]
-
-
-def labels_url(root: str, model_version: str, drive: str) -> str:
-    """ROOT/labels/MODEL_VERSION/DRIVE_ID (both components checked)."""
-    return join(root, "labels", safe_name(model_version, "model version"), safe_name(drive))
-
-
-def _thumbnails(out: str, limit: int) -> list[str]:
-    """Overlay JPEGs under `out/overlays` as small data-URI markdown images."""
-    from PIL import Image
-
-    images = []
-    for name in list_dir(join(out, "overlays"))[:limit]:
-        img = Image.open(io.BytesIO(read_bytes(join(out, "overlays", name)))).convert("RGB")
-        img.thumbnail((320, 320))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=70)
-        b64 = base64.b64encode(buf.getvalue()).decode()
-        images.append(f"![{name}](data:image/jpeg;base64,{b64})")
-    return images
-
-
-def drop_report(
-    drive: str, qc: dict[str, Any], thumbs: list[str], exported: str | None = ""
-) -> str:
-    """Markdown summary of one drop: counts, mean confidence, class histogram, QC result."""
-    hist = ", ".join(f"{k} {v:.1%}" for k, v in qc["class_histogram"].items() if v >= 0.005)
-    failed = [c["column"] for c in qc["checks"] if not c["success"]]
-    lines = [
-        f"### Drop `{drive}` — QC **{qc['status']}**",
-        "",
-        "| frames | labeled | quarantined | review | mean confidence | drift | QC |",
-        "|---:|---:|---:|---:|---:|---:|---|",
-        f"| {qc['frames']} | {qc['labeled']} | {qc['quarantined']} | {qc['review']} | "
-        f"{qc['mean_confidence']:.3f} | {qc['drift']:.3f} | {qc['status']}"
-        f"{' (' + ', '.join(failed) + ')' if failed else ''} |",
-        "",
-        f"**Class histogram:** {hist}",
-        "",
-        f"**Exported to** `{exported}`."
-        if exported
-        else f"**Not exported:** QC failed. The next run labels the drop again; "
-        f"`lamflow drop accept {drive}` publishes it as it is.",
-        "",
-        f"Model `{qc['model_version']}`.",
-        "",
-        *thumbs,
-    ]
-    return "\n".join(lines)
-
-
-def adapted_model(
-    root: str, drive: str, images: str, model: dict[str, Any], params: Params
-) -> dict[str, Any]:
-    """`model` self-trained on this drop's frames (`pipeline.adapt_per_drop`).
-
-    Stored under ROOT/models/adapted/<model version>/<drive>/<hash of the adapt params>/ and
-    reused when an earlier (e.g. interrupted) run already made it.
-    """
-    key = sha256_bytes(json.dumps(params.adapt.model_dump(), sort_keys=True).encode())[:8]
-    url = join(root, "models", "adapted", safe_name(model["model_version"]), safe_name(drive), key)
-    report_url = join(url, ADAPT_REPORT)
-    if exists(report_url):
-        report = json.loads(read_bytes(report_url))
-    else:
-        seeds = seed_set_url(root)  # the seed set the model was trained on
-        report = adapt_task(
-            model["model"],
-            images,
-            join(seeds, "images"),
-            join(seeds, "labels"),
-            url,
-            params.adapt,
-            progress=False,
-        )
-    return {
-        **model,
-        "model": url,
-        "model_version": report["model_version"],
-        "adapt_seconds": report["seconds"],
-    }
-
-
-def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> dict[str, Any]:
-    """ingest -> (adapt) -> sharded annotate -> qc -> export for one drop; returns its summary."""
-    logger = get_run_logger()
-    images = join(drop_url(root, drive), "images")
-    if params.pipeline.adapt_per_drop:
-        manifest = ingest_task(root, drive, params.ingest, progress=False)
-        model = adapted_model(root, drive, images, model, params)
-        warm = warm_worker_task.submit(model["model"])
-    else:
-        # Start the workers (they import torch and load the model) while the flow ingests.
-        warm = warm_worker_task.submit(model["model"])
-        manifest = ingest_task(root, drive, params.ingest, progress=False)
-    out = labels_url(root, model["model_version"], drive)
-    shards = plan_shards([e["stem"] for e in manifest["entries"]], params.annotate.shard_size)
-    first = params.annotate.model_copy(update={"write_overlays": params.pipeline.overlays_per_drop})
-    rest = params.annotate.model_copy(update={"write_overlays": 0})
-    futures = [
-        annotate_shard_task.submit(model["model"], images, out, stems, first if i == 0 else rest)
-        for i, stems in enumerate(shards)
-    ]
-    shard_results = [f.result() for f in futures]
-    warm.result()
-    counts = finish_annotate_task(out)
-    if counts["quarantined"]:
-        logger.warning(
-            "drop %s: %d frame(s) quarantined: %s",
-            drive,
-            len(counts["quarantined"]),
-            "; ".join(f"{q['stem']}: {q['reason']}" for q in counts["quarantined"][:5]),
-        )
-    qc = qc_task(out, join(drop_url(root, drive), INGEST_MANIFEST), model["model"], "", params.qc)
-    accepted = qc["status"] == "fail" and is_accepted(root, drive)
-    exported: dict[str, Any] = {"dest": None}
-    if qc["status"] != "fail" or accepted:
-        dest = params.export.dest or join(root, "exports", model["model_version"], drive)
-        exported = export_task(out, model["model"], dest, params.export, progress=False)
-    else:  # a failed drop is not published: the next run labels it again, or a person accepts
-        logger.warning(
-            "drop %s failed QC: not exported (`lamflow drop accept %s` to publish it)", drive, drive
-        )
-    create_markdown_artifact(
-        key=f"drop-{drive}".lower().replace("_", "-").replace(".", "-"),
-        markdown=drop_report(
-            drive, qc, _thumbnails(out, params.pipeline.overlays_per_drop), exported["dest"]
-        ),
-        description=f"lamflow drop {drive}",
-    )
-    return {
-        "drive": drive,
-        "model": model["model"],
-        "model_version": model["model_version"],
-        "adapt_seconds": model.get("adapt_seconds"),
-        "labels": out,
-        "export": exported["dest"],
-        "frames": manifest["frames"],
-        "labeled": counts["labeled"],
-        "quarantined": len(counts["quarantined"]),
-        "qc": qc["status"],
-        "accepted": accepted,
-        "shards": len(shards),
-        "compute_seconds": round(sum(r["compute_seconds"] for r in shard_results), 3),
-        "annotate_busy_seconds": round(busy_seconds([r["interval"] for r in shard_results]), 3),
-    }
+__all__ = ["adapted_model", "auto_workers", "bootstrap", "dask_runner", "label_drop"]
+__all__ += ["labels_url", "nightly", "shared_prefect_api", "worker_environment"]
 
 
 def _model_changed(root: str, drive: str, version: str) -> bool:
@@ -309,7 +149,20 @@ def _run_drops(
     push = push_step(params, {**waiting, **results}, model)
     create_markdown_artifact(
         key="review-loop",
-        markdown=loop_report(pull, before, model, relabeled, relabel_errors, push),
+        markdown=loop_report(
+            pull,
+            before,
+            model,
+            relabeled,
+            relabel_errors,
+            push,
+            pushed_overlays(
+                root,
+                push.get("drops", {}),
+                seed_sources(params)["classes"],
+                params.pipeline.overlays_per_drop,
+            ),
+        ),
         description="lamflow review loop: seeds added, model before/after, relabels, pushes",
     )
     return {

@@ -140,12 +140,7 @@ def push_step(
         create_markdown_artifact(
             key=f"review-{drive}".lower().replace("_", "-").replace(".", "-"),
             markdown=drop_review_report(
-                root,
-                drive,
-                summary["labels"],
-                pushed[drive],
-                classes,
-                params.pipeline.overlays_per_drop,
+                root, drive, pushed[drive], classes, params.pipeline.overlays_per_drop
             ),
             description=f"lamflow review tasks of drop {drive}",
         )
@@ -195,25 +190,37 @@ def tasks_markdown(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def drop_review_report(
-    root: str, drive: str, labels: str, record: dict[str, Any], classes: str, overlays: int
+    root: str, drive: str, record: dict[str, Any], classes: str, overlays: int
 ) -> str:
     """Markdown of one drop's review push: each task, its score and why it was chosen, and
     overlays of the first `overlays` pushed frames (what the reviewer will correct)."""
+    lines = [f"### Review tasks of drop `{drive}`", "", *tasks_markdown(record.get("tasks", []))]
+    if record.get("already"):
+        lines += ["", f"Already tasks (not pushed again): {len(record['already'])}."]
+    return "\n".join([*lines, "", *pushed_overlays(root, {drive: record}, classes, overlays)])
+
+
+def pushed_overlays(
+    root: str, records: dict[str, dict[str, Any]], classes: str, limit: int
+) -> list[str]:
+    """Overlays (labels over frame) of the first `limit` pushed frames of `records`
+    (drive -> push record), as markdown images: what the reviewer will correct."""
     from lamflow.storage import list_images
     from tasks._frames import load_classes
 
-    rows = record.get("tasks", [])
-    lines = [f"### Review tasks of drop `{drive}`", "", *tasks_markdown(rows)]
-    if record.get("already"):
-        lines += ["", f"Already tasks (not pushed again): {len(record['already'])}."]
-    frames = dict(list_images(join(drop_url(root, drive), "images")))
+    if limit <= 0 or not any(r.get("tasks") for r in records.values()):
+        return []
     palette = load_classes(classes).palette()
-    thumbs = [
-        _overlay_thumb(frames[row["stem"]], join(labels, "labels", f"{row['stem']}.png"), palette)
-        for row in rows[:overlays]
-        if row["stem"] in frames
-    ]
-    return "\n".join([*lines, "", *thumbs])
+    thumbs: list[str] = []
+    for drive, record in records.items():
+        frames = dict(list_images(join(drop_url(root, drive), "images")))
+        for row in record.get("tasks", []):
+            if len(thumbs) >= limit:
+                return thumbs
+            label = join(record["labels"], "labels", f"{row['stem']}.png")
+            if row["stem"] in frames and exists(label):
+                thumbs.append(_overlay_thumb(frames[row["stem"]], label, palette))
+    return thumbs
 
 
 def loop_report(
@@ -223,8 +230,10 @@ def loop_report(
     relabeled: dict[str, dict[str, Any]],
     relabel_errors: dict[str, str],
     push: dict[str, Any],
+    overlays: list[str] | None = None,
 ) -> str:
-    """Markdown of what the review loop changed this run (the run's Prefect artifact)."""
+    """Markdown of what the review loop changed this run (the run's Prefect artifact), with
+    `overlays` (markdown images of a few pushed frames) at the end."""
     lines = ["## Review loop", ""]
     if pull["status"] == "skipped":
         lines.append(f"**Pull skipped:** {pull['reason']} (the next run catches up).")
@@ -262,4 +271,4 @@ def loop_report(
         lines.append(f"**Push skipped:** {push['reason']} (the next run pushes these drops).")
     for drive, record in push.get("drops", {}).items():
         lines += [f"**Pushed from `{drive}`:**", "", *tasks_markdown(record.get("tasks", [])), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *(overlays or [])])

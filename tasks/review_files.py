@@ -139,7 +139,8 @@ def review_push_files(
         review_export(
             images, out, classes, "labelstudio", labels=labels, stems=stems, progress=False
         )
-    record = {"drive": drive, "out": out, "pushed_at": utc_now(), "tasks": rows, "already": []}
+    record: dict[str, Any] = {"drive": drive, "labels": labels, "out": out}
+    record.update(pushed_at=utc_now(), tasks=rows, already=[])
     write_text_atomic(pushed_url(root, drive), json.dumps(record, indent=1))
     return record
 

@@ -135,6 +135,7 @@ def review_push(
         row["task_id"] = task_id
     record = {
         "drive": drive,
+        "labels": labels,
         "project": project,
         "model_version": doc.get("model_version", ""),
         "pushed_at": utc_now(),
