@@ -155,6 +155,7 @@ def test_two_nights_push_answer_pull_retrain_relabel_export(
         artifacts = prefect.read_artifacts()
     loop = [a for a in artifacts if a.key == "review-loop"]
     assert loop and any("Seeds added:** 2" in str(a.data) for a in loop)
+    assert any("data:image/jpeg;base64" in str(a.data) for a in loop), "overlays of pushes"
     review_a = [str(a.data) for a in artifacts if a.key == "review-0016e5-a"]
     assert review_a and painted in review_a[0] and "data:image/jpeg;base64" in review_a[0]
 
