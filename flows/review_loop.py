@@ -17,7 +17,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 
 from lam.errors import LamflowError
-from lamflow.labelstudio_api import LabelStudioUnavailable
+from lamflow.labelstudio_api import (
+    LabelStudioAuthError,
+    LabelStudioClient,
+    LabelStudioUnavailable,
+)
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes
 from tasks.ingest import drop_url
@@ -104,6 +108,11 @@ def push_step(
     classes = seed_sources(params)["classes"]
     pushed: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    if review.backend == "labelstudio":
+        try:  # configured at all? (a missing variable would fail every drop the same way)
+            LabelStudioClient.from_env()
+        except LamflowError as exc:
+            return {**_skipped("push", exc), "drops": pushed, "errors": errors}
     for drive, summary in labeled.items():
         if summary.get("qc") == "fail" and not summary.get("accepted"):
             continue
@@ -131,7 +140,7 @@ def push_step(
             pushed[drive] = _with_retries(review_push_task, params)(
                 root, drive, summary["labels"], classes, review, selection
             )
-        except LabelStudioUnavailable as exc:
+        except (LabelStudioUnavailable, LabelStudioAuthError) as exc:  # same for every drop
             return {**_skipped("push", exc), "drops": pushed, "errors": errors}
         except Exception as exc:  # noqa: BLE001 - one drop's failure is reported, not fatal
             get_run_logger().warning("review push of drop %s failed: %s", drive, exc)
