@@ -8,9 +8,12 @@ import io
 import json
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from lam.imageio import decode_image
 from lamflow.params import Params
 from lamflow.storage import exists, join, list_dir, read_bytes, safe_name, sha256_bytes
 from tasks.adapt import ADAPT_REPORT, adapt_task
@@ -34,19 +37,22 @@ def labels_url(root: str, model_version: str, drive: str) -> str:
     return join(root, "labels", safe_name(model_version, "model version"), safe_name(drive))
 
 
+def thumbnail_markdown(name: str, rgb: np.ndarray, size: int = 320) -> str:
+    """(H, W, 3) uint8 RGB -> a markdown image of at most `size` px a side, as a JPEG data URI
+    (Prefect artifacts are markdown and cannot link to files in ROOT)."""
+    img = Image.fromarray(rgb)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=70)
+    return f"![{name}](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
 def _thumbnails(out: str, limit: int) -> list[str]:
     """Overlay JPEGs under `out/overlays` as small data-URI markdown images."""
-    from PIL import Image
-
-    images = []
-    for name in list_dir(join(out, "overlays"))[:limit]:
-        img = Image.open(io.BytesIO(read_bytes(join(out, "overlays", name)))).convert("RGB")
-        img.thumbnail((320, 320))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=70)
-        b64 = base64.b64encode(buf.getvalue()).decode()
-        images.append(f"![{name}](data:image/jpeg;base64,{b64})")
-    return images
+    names = list_dir(join(out, "overlays"))[:limit]
+    return [
+        thumbnail_markdown(n, decode_image(read_bytes(join(out, "overlays", n)), n)) for n in names
+    ]
 
 
 def drop_report(

@@ -35,14 +35,17 @@ from tasks.review_sync import (
 )
 from tasks.seed_set import seed_set_url
 
+from .drop import thumbnail_markdown
+
 log = logging.getLogger(__name__)
 
 
 def _retry_if_unavailable(task: Task[..., Any], run: TaskRun, state: State) -> bool:
-    """Retry a review task only when the server was unreachable (not on a bad token or data)."""
+    """Retry a review task when the server was unreachable or storage failed (OSError: s3fs's
+    403/5xx/timeouts), never on a bad token or bad data: those need a person."""
     try:
         state.result()
-    except LabelStudioUnavailable:
+    except (LabelStudioUnavailable, OSError):
         return True
     except Exception:  # noqa: BLE001 - any other failure is not worth a retry
         return False
@@ -170,18 +173,13 @@ def embedding_cache(params: Params) -> str:
     return params.select_seeds.cache or join(params.data.root, "embeddings")
 
 
-def _overlay_thumb(image_url: str, label_url: str, palette: Any, size: int = 320) -> str:
+def _overlay_thumb(image_url: str, label_url: str, palette: Any) -> str:
     """A pushed frame with its labels blended over it, as a small data-URI markdown image."""
-    import base64
-
-    from lam.imageio import decode_image, decode_label, encode_jpeg, overlay
+    from lam.imageio import decode_image, decode_label, overlay
 
     image = decode_image(read_bytes(image_url), image_url)
     label = decode_label(read_bytes(label_url), label_url)
-    step = max(1, max(image.shape[:2]) // size)
-    small = overlay(image, label, palette)[::step, ::step]
-    b64 = base64.b64encode(encode_jpeg(small, quality=70)).decode()
-    return f"![{label_url.rsplit('/', 1)[-1]}](data:image/jpeg;base64,{b64})"
+    return thumbnail_markdown(label_url.rsplit("/", 1)[-1], overlay(image, label, palette))
 
 
 def tasks_markdown(rows: list[dict[str, Any]]) -> list[str]:

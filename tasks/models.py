@@ -18,7 +18,7 @@ from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from tasks._frames import load_classes
-from tasks.seed_set import bootstrap_seed_set, list_seeds, seed_set_fingerprint, seed_set_url
+from tasks.seed_set import bootstrap_seed_set, seed_set_fingerprint, seed_set_url
 from tasks.train import train
 
 
@@ -42,8 +42,9 @@ def ensure_seed_set(root: str, params: Params) -> str:
     return url
 
 
-def seed_key(seeds: str, params: Params) -> str:
-    """16 hex digits identifying the model the seed set at `seeds` and params would train.
+def seed_key(fingerprint: list[list[str]], params: Params) -> str:
+    """16 hex digits identifying the model a seed set (its `seed_set_fingerprint`) and params
+    would train.
 
     Hashes the seed set's files (stems, frame and label bytes), the class list and the model
     and train params; `train.seeds` itself is left out, since once the set exists the set, not
@@ -51,7 +52,7 @@ def seed_key(seeds: str, params: Params) -> str:
     """
     src = seed_sources(params)
     parts: list[Any] = [sha256_bytes(read_bytes(src["classes"]))]
-    parts.append(seed_set_fingerprint(seeds))
+    parts.append(fingerprint)
     parts.append(params.model.model_dump(mode="json"))
     parts.append(params.train.model_dump(mode="json", exclude={"seeds"}))
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())[:16]
@@ -68,9 +69,10 @@ def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, 
     """
     src = seed_sources(params)
     seeds = ensure_seed_set(root, params)
-    url = join(root, "models", seed_key(seeds, params))
+    fingerprint = seed_set_fingerprint(seeds)
+    url = join(root, "models", seed_key(fingerprint, params))
     trained = False
-    stems = [str(p["stem"]) for p in list_seeds(seeds)]
+    stems = [stem for stem, _, _ in fingerprint]
     if not exists(join(url, CONFIG_FILE)):
         train(
             join(seeds, "images"),

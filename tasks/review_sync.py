@@ -31,11 +31,12 @@ from prefect import task
 
 from lam.errors import LamflowError
 from lam.formats.labelstudio import annotation_to_label, labeling_config, review_task
-from lam.imageio import decode_image, decode_label
+from lam.imageio import IMAGE_SUFFIXES, decode_image, decode_label
 from lamflow.labelstudio_api import LabelStudioClient
 from lamflow.params import ReviewParams
 from lamflow.storage import (
     exists,
+    find_by_stem,
     join,
     list_images,
     read_bytes,
@@ -173,13 +174,13 @@ def _latest(annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _frame(root: str, drive: str, stem: str, sha: str) -> tuple[str, bytes]:
-    frames = dict(list_images(join(drop_url(root, drive), "images")))
-    if stem not in frames:
+    url = find_by_stem(join(drop_url(root, drive), "images"), stem, IMAGE_SUFFIXES)
+    if url is None:
         raise LamflowError(f"frame {stem} is not in drop {drive} any more")
-    data = read_bytes(frames[stem])
+    data = read_bytes(url)
     if sha and sha256_bytes(data) != sha:
         raise LamflowError(f"frame {stem} of drop {drive} changed since it was pushed")
-    return frames[stem], data
+    return url, data
 
 
 def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> dict[str, Any]:
