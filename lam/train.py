@@ -63,34 +63,46 @@ class View:
 
     taps: backbone taps, each (1, channels[i], h_i, w_i); image: (1, 3, H, W) uint8;
     full_label: (1, H, W) int64 ids at full resolution (ignore_index = unlabelled);
-    label: (1, h, w) int64 ids at the output stride.
+    label: (1, h, w) int64 ids at the output stride;
+    full_weight: optional (1, H, W) float32 per-pixel trust in [0, 1] (a zero-shot seed's
+    confidence); None = every labelled pixel counts fully, as for a human seed.
     """
 
     taps: list[torch.Tensor]
     image: torch.Tensor
     full_label: torch.Tensor
     label: torch.Tensor
+    full_weight: torch.Tensor | None = None
 
 
 def _augmented_views(
-    image: np.ndarray, label: np.ndarray, scales: Sequence[float], hflip: bool
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(H, W, 3) uint8 + (H, W) ids -> list of ((1, 3, h, w) uint8, (1, h, w) int64) views."""
+    image: np.ndarray,
+    label: np.ndarray,
+    scales: Sequence[float],
+    hflip: bool,
+    weight: np.ndarray | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """(H, W, 3) uint8 + (H, W) ids [+ (H, W) float weights] -> list of views
+    ((1, 3, h, w) uint8, (1, h, w) int64, (1, h, w) float32 or None); weights follow the
+    label (nearest resize, same flips)."""
     # A copy: decoded frames may be read-only views of the decoder's buffer.
     img = torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)[None]
     lab = torch.from_numpy(np.array(label, order="C")).long()[None, None]
-    views = []
+    wgt = None if weight is None else torch.from_numpy(np.array(weight, np.float32))[None, None]
+    views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     for s in scales:
         if s == 1.0:
-            im_s, lb_s = img, lab
+            im_s, lb_s, wt_s = img, lab, wgt
         else:
             size = (max(8, round(img.shape[2] * s)), max(8, round(img.shape[3] * s)))
             im_s = F.interpolate(img.float(), size=size, mode="bilinear", align_corners=False)
             im_s = im_s.round().clamp(0, 255).to(torch.uint8)
             lb_s = F.interpolate(lab.float(), size=size, mode="nearest").long()
-        views.append((im_s, lb_s[:, 0]))
+            wt_s = None if wgt is None else F.interpolate(wgt, size=size, mode="nearest")
+        w0 = None if wt_s is None else wt_s[:, 0]
+        views.append((im_s, lb_s[:, 0], w0))
         if hflip:
-            views.append((im_s.flip(-1), lb_s[:, 0].flip(-1)))
+            views.append((im_s.flip(-1), lb_s[:, 0].flip(-1), None if w0 is None else w0.flip(-1)))
     return views
 
 
@@ -142,43 +154,66 @@ def build_views(
     labels: Sequence[np.ndarray],
     scales: Sequence[float] = (1.0,),
     hflip: bool = False,
+    pixel_weights: Sequence[np.ndarray | None] | None = None,
 ) -> list[View]:
-    """Frames (H, W, 3) uint8 + ids (H, W) -> augmented views with cached taps."""
+    """Frames (H, W, 3) uint8 + ids (H, W) -> augmented views with cached taps.
+
+    pixel_weights: optional per frame an (H, W) float map in [0, 1] (or None = all 1).
+    """
     if len(images) != len(labels) or not len(images):
         raise LamflowError(
             f"need matching, non-empty images and labels, got {len(images)}/{len(labels)}"
         )
-    for i, (frame, frame_label) in enumerate(zip(images, labels)):
+    weights = list(pixel_weights) if pixel_weights is not None else [None] * len(images)
+    if len(weights) != len(images):
+        raise LamflowError(f"{len(weights)} pixel-weight maps for {len(images)} frames")
+    for i, (frame, frame_label, w) in enumerate(zip(images, labels, weights)):
         if frame.shape[:2] != frame_label.shape:
             raise LamflowError(
                 f"frame {i}: label size {frame_label.shape} differs from frame {frame.shape[:2]}"
             )
+        if w is not None and (w.shape != frame_label.shape or w.min() < 0 or w.max() > 1):
+            raise LamflowError(
+                f"frame {i}: pixel weights must be {frame_label.shape} in [0, 1], got "
+                f"{w.shape} in [{float(w.min()):.3g}, {float(w.max()):.3g}]"
+            )
     views: list[View] = []
-    for image, label in zip(images, labels):
-        for im, lab in _augmented_views(image, label, scales, hflip):
+    for image, label, w in zip(images, labels, weights):
+        for im, lab, wt in _augmented_views(image, label, scales, hflip, w):
             taps = model.extract(im)
             size = model.out_size(tuple(im.shape[-2:]))
-            views.append(View(taps, im, lab, _downsample_label(lab, size)))
+            views.append(View(taps, im, lab, _downsample_label(lab, size), wt))
     return views
 
 
 def _sample_pixels(
     views: Sequence[View], per_view: int, ignore: int, gen: torch.Generator, pos_bumps: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, D) float32 and ids (N,) int64 at up to `per_view` labelled pixels per view."""
-    feats, ids = [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (N, D) float32, ids (N,) int64 and pixel weights (N,) float32 at up to
+    `per_view` labelled pixels per view (weights 1 for views without a weight map).
+
+    Pixels of weight 0 count as unlabelled: they are never sampled.
+    """
+    feats, ids, weights = [], [], []
     for view in views:
         lab = view.full_label[0]
-        ys, xs = torch.nonzero(lab != ignore, as_tuple=True)
+        usable = lab != ignore
+        if view.full_weight is not None:
+            usable &= view.full_weight[0] > 0
+        ys, xs = torch.nonzero(usable, as_tuple=True)
         if len(ys) == 0:
             continue
         pick = torch.randperm(len(ys), generator=gen)[:per_view]
         points = torch.stack([ys[pick], xs[pick]], 1).float()
         feats.append(pixel_features(view.taps, points, tuple(lab.shape), pos_bumps))
         ids.append(lab[ys[pick], xs[pick]])
+        if view.full_weight is None:
+            weights.append(torch.ones(len(pick)))
+        else:
+            weights.append(view.full_weight[0][ys[pick], xs[pick]].float())
     if not feats:
         raise LamflowError("labels contain no labelled pixel (all void)")
-    return torch.cat(feats), torch.cat(ids)
+    return torch.cat(feats), torch.cat(ids), torch.cat(weights)
 
 
 def _fit_adapter(
@@ -305,12 +340,18 @@ def fit_head_on_views(
         if not (view.full_label != ignore_index).any():
             continue
         budget = max(1, int(budgets[i] * shrink))
-        f, y = _sample_pixels([view], budget, ignore_index, gen, model.adapter.pos_bumps)
+        try:
+            f, y, pw = _sample_pixels([view], budget, ignore_index, gen, model.adapter.pos_bumps)
+        except LamflowError:
+            continue  # every labelled pixel of this view has weight 0
         feats.append(f)
         ids.append(y.clamp(0, c - 1))
         w = 1.0 if view_weights is None else float(view_weights[i])
-        sample_weight.append(torch.full((len(y),), w))
-    sw = torch.cat(sample_weight) if view_weights is not None else None
+        sample_weight.append(pw * w)
+    if not feats:
+        raise LamflowError("seed labels contain no labelled pixel of weight > 0")
+    weighted = view_weights is not None or any(v.full_weight is not None for v in views)
+    sw = torch.cat(sample_weight) if weighted else None
     losses = _fit_adapter(model, torch.cat(feats), torch.cat(ids), weights, settings, sw)
     if progress is not None:
         progress(1, 2, losses[-1] if losses else float("nan"))
@@ -329,6 +370,7 @@ def train_head(
     ignore_index: int,
     settings: TrainSettings | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    pixel_weights: Sequence[np.ndarray | None] | None = None,
 ) -> TrainReport:
     """Fit the model's head on seed frames.
 
@@ -339,10 +381,13 @@ def train_head(
         ignore_index: void id (excluded from the loss and the prototypes).
         settings: hyperparameters; deterministic for a given `settings.seed`.
         progress: called as progress(stage, total_stages, loss) for progress bars.
+        pixel_weights: optional, per seed an (H, W) float map in [0, 1] or None: how much
+            each labelled pixel counts in the adapter loss. Zero-shot seeds pass their
+            confidence, so a pixel the backend was unsure of teaches less; weight 0 = unlabelled.
     """
     settings = settings or TrainSettings()
     start = time.perf_counter()
-    views = build_views(model, images, labels, settings.scales, settings.hflip)
+    views = build_views(model, images, labels, settings.scales, settings.hflip, pixel_weights)
     losses, counts = fit_head_on_views(model, views, ignore_index, settings, progress=progress)
     return TrainReport(
         seconds=time.perf_counter() - start,

@@ -138,6 +138,9 @@ class PipelineParams(_Section):
     dask_processes: bool | None = None  # None = worker processes only when more than one worker
     lease_seconds: int = Field(default=3600, ge=10)
     overlays_per_drop: int = Field(default=4, ge=0, le=32)
+    # labels: the first seeds are `train.seeds` of seed_images/seed_labels (human labels);
+    # zero_shot: `zero_shot_seeds` labels those frames (all if train.seeds is empty)
+    seed_source: Literal["labels", "zero_shot"] = "labels"
     seed_images: str = ""  # empty = <camvid>/train/images
     seed_labels: str = ""  # empty = <camvid>/train/labels
     sample_drive: str = "0016E5"  # the drop `dvc repro` builds from CamVid val
@@ -218,6 +221,37 @@ class SeedMasksParams(_Section):
     skip_existing: bool = True
 
 
+class ZeroShotSeedsParams(_Section):
+    """Seed labels with no human (tasks/zero_shot_seeds.py, lam/zero_shot/, docs/zero_shot.md).
+
+    Model paths are local (no hub): transformers `save_pretrained` directories, or a
+    segment-anything .pth checkpoint for `sam`. Tags come from the `vocabulary` section's
+    tagger and the LLM from its `llm*` keys, so one configuration serves both stages.
+    """
+
+    backend: Literal["grounded_sam", "maskclip"] = "grounded_sam"
+    detector_dir: str = ""  # grounded_sam: Grounding DINO or OWLv2 directory
+    clip_dir: str = ""  # maskclip: CLIPModel directory
+    sam: str = ""  # .pth (segment-anything) or SamModel directory; maskclip: optional auto masks
+    sam_model_type: Literal["default", "vit_h", "vit_l", "vit_b"] = "vit_b"  # .pth only
+    device: str = "cpu"
+    box_threshold: float = Field(default=0.35, ge=0, le=1)  # grounded_sam
+    text_threshold: float = Field(default=0.25, ge=0, le=1)  # grounded_sam (Grounding DINO)
+    top_points: int = Field(default=3, ge=0, le=32)  # detector points added to SAM's box prompt
+    nms_iou: float = Field(default=0.5, gt=0, le=1)
+    use_llm: bool = True  # presence + pre-refinement through vocabulary.llm (if one is set)
+    tags: bool = True  # the vocabulary tagger's tags feed the LLM (only used with an LLM)
+    caption_model_dir: str = ""  # image-to-text directory for a caption ("" = no caption)
+    names: dict[str, list[str]] = Field(default_factory=dict)  # manual phrases per class
+    short_side: int = Field(default=0, ge=0)  # maskclip input short side (0 = model size)
+    points_per_side: int = Field(default=32, ge=1, le=128)  # maskclip SAM automatic masks
+    min_confidence: float = Field(default=0.5, ge=0, le=1)  # maskclip: below -> void pixel
+    min_labelled_fraction: float = Field(default=0.2, ge=0, le=1)  # frames below: not used
+    min_mean_confidence: float = Field(default=0.4, ge=0, le=1)  # frames below: not used
+    max_frames: int = Field(default=0, ge=0)  # 0 = every frame; else evenly spaced subset
+    skip_existing: bool = True
+
+
 _BACKFILL = re.compile(r"^(all|none|last [1-9][0-9]*)$")
 
 
@@ -274,6 +308,7 @@ class Params(_Section):
     select_seeds: SelectSeedsParams = Field(default_factory=SelectSeedsParams)
     seed_masks: SeedMasksParams = Field(default_factory=SeedMasksParams)
     review: ReviewParams = Field(default_factory=ReviewParams)
+    zero_shot_seeds: ZeroShotSeedsParams = Field(default_factory=ZeroShotSeedsParams)
 
 
 def _format_error(source: str, exc: ValidationError) -> str:

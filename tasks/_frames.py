@@ -27,6 +27,15 @@ _MODEL_CACHE: dict[tuple[str, str], tuple[LabelAnythingModel, LamConfig]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def evenly_spaced(items: list[Any], max_items: int) -> list[Any]:
+    """At most `max_items` of `items`, evenly spaced over the whole list (all when 0):
+    a drop's frames are in time order, so this spreads a subsample over the whole drive."""
+    if max_items <= 0 or len(items) <= max_items:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, max_items).round().astype(int)
+    return [items[i] for i in sorted(set(idx.tolist()))]
+
+
 def load_classes(url: str) -> ClassList:
     """classes.json at `url` -> ClassList (LamflowError if missing or malformed)."""
     try:

@@ -18,8 +18,15 @@ from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from tasks._frames import load_classes
-from tasks.seed_set import bootstrap_seed_set, seed_set_fingerprint, seed_set_url
+from tasks.seed_set import (
+    BOOTSTRAP_MARKER,
+    bootstrap_from_zero_shot,
+    bootstrap_seed_set,
+    seed_set_fingerprint,
+    seed_set_url,
+)
 from tasks.train import train
+from tasks.zero_shot_seeds import zero_shot_seeds
 
 
 def seed_sources(params: Params) -> dict[str, str]:
@@ -32,13 +39,31 @@ def seed_sources(params: Params) -> dict[str, str]:
     }
 
 
-def ensure_seed_set(root: str, params: Params) -> str:
-    """URL of the fleet's seed set ROOT/seeds, bootstrapped from `train.seeds` when empty."""
+def ensure_seed_set(root: str, params: Params, progress: bool = False) -> str:
+    """URL of the fleet's seed set ROOT/seeds, bootstrapped when empty.
+
+    pipeline.seed_source "labels": from `train.seeds` of the seed images and their labels;
+    "zero_shot": from `zero_shot_seeds` run on those frames (all of them if `train.seeds` is
+    empty), its output kept under ROOT/zero_shot_seeds; no human label is read.
+    """
     src = seed_sources(params)
     url = seed_set_url(root)
-    bootstrap_seed_set(
-        url, src["images"], src["labels"], list(params.train.seeds), load_classes(src["classes"])
-    )
+    classes = load_classes(src["classes"])
+    if params.pipeline.seed_source == "zero_shot":
+        if not exists(join(url, BOOTSTRAP_MARKER)):
+            out = join(root, "zero_shot_seeds")
+            zero_shot_seeds(
+                src["images"],
+                src["classes"],
+                out,
+                params.zero_shot_seeds,
+                params.vocabulary,
+                stems=list(params.train.seeds) or None,
+                progress=progress,
+            )
+            bootstrap_from_zero_shot(url, src["images"], out, classes)
+        return url
+    bootstrap_seed_set(url, src["images"], src["labels"], list(params.train.seeds), classes)
     return url
 
 
@@ -68,7 +93,7 @@ def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, 
     reference histogram for QC drift)}.
     """
     src = seed_sources(params)
-    seeds = ensure_seed_set(root, params)
+    seeds = ensure_seed_set(root, params, progress)
     fingerprint = seed_set_fingerprint(seeds)
     url = join(root, "models", seed_key(fingerprint, params))
     trained = False
@@ -83,6 +108,7 @@ def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, 
             params.model,
             params.train,
             progress=progress,
+            confidence=join(seeds, "confidence"),
         )
         trained = True
     config = json.loads(read_bytes(join(url, CONFIG_FILE)))

@@ -3,12 +3,14 @@
 Layout (one file per seed in each folder, named by the seed's stem):
     images/STEM.jpg|png     the frame's bytes, as the drop or the archive held them
     labels/STEM.png         class ids, void (the ignore id) where the human said nothing
+    confidence/STEM.png     only for zero-shot seeds: per-pixel confidence x 255, which
+                            `train` weights the label's pixels by (human seeds have none)
     provenance/STEM.json    where the seed came from; written last, so a seed exists exactly
                             when its provenance does (a crash mid-add leaves no half seed)
     bootstrap.json          the first seeds were all copied in (written after the last one)
 
-Provenance: {stem, source ("bootstrap" | "labelstudio" | ...), drive, sha256 (frame bytes),
-label_sha256, task_id, annotation_id, annotator, annotated_at, added_at}.
+Provenance: {stem, source ("bootstrap" | "zero_shot" | "labelstudio" | ...), drive, sha256
+(frame bytes), label_sha256, task_id, annotation_id, annotator, annotated_at, added_at}.
 
 Seeds come from the first human seeds (`train.seeds` of the archive, or `seed_masks` output)
 and, every night, from the review loop. Dense and sparse labels are both valid: training ignores
@@ -94,6 +96,7 @@ def add_seed(
     label: np.ndarray,
     classes: ClassList,
     provenance: dict[str, Any],
+    confidence: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Validate and add (or replace) seed `stem`; returns the provenance written.
 
@@ -101,6 +104,8 @@ def add_seed(
         image_bytes: the frame's encoded bytes; image_suffix: "jpg" or "png".
         label: (H, W) uint8 class ids, void = classes.ignore_index.
         provenance: source, drive, task_id, annotator, ... (stem and hashes are added here).
+        confidence: a zero-shot seed's (H, W) uint8 confidence x 255; None for a human seed
+            (a human replacing a zero-shot seed also removes its confidence map).
     Raises LamflowError (nothing written) if the label is not a valid seed of the frame.
     """
     safe_name(stem, "seed stem")
@@ -113,6 +118,15 @@ def add_seed(
     except LamflowError as exc:
         raise LamflowError(f"seed {stem}: {exc}") from exc
     label_bytes = encode_png(np.ascontiguousarray(label, dtype=np.uint8))
+    conf_url = join(seeds, "confidence", f"{stem}.png")
+    conf_bytes = None
+    if confidence is not None:
+        if confidence.shape != label.shape or confidence.dtype != np.uint8:
+            raise LamflowError(
+                f"seed {stem}: confidence must be a uint8 map of the label's size "
+                f"{label.shape[0]}x{label.shape[1]}, got {confidence.dtype} {confidence.shape}"
+            )
+        conf_bytes = encode_png(np.ascontiguousarray(confidence))
     record = {
         **provenance,
         "stem": stem,
@@ -121,8 +135,15 @@ def add_seed(
         "labeled_pixels": int((label != classes.ignore_index).sum()),
         "added_at": utc_now(),
     }
+    if conf_bytes is not None:
+        record["confidence_sha256"] = sha256_bytes(conf_bytes)
     write_bytes_atomic(join(seeds, "images", f"{stem}.{suffix}"), image_bytes)
     write_bytes_atomic(join(seeds, "labels", f"{stem}.png"), label_bytes)
+    if conf_bytes is not None:
+        write_bytes_atomic(conf_url, conf_bytes)
+    elif exists(conf_url):
+        fs, path = get_fs(conf_url)
+        fs.rm(path)
     write_text_atomic(join(seeds, "provenance", f"{stem}.json"), json.dumps(record, indent=1))
     # A replaced seed may change its suffix: the old frame file must not linger beside it
     # (removed only after the new one is complete, so a crash never leaves a seed frameless).
@@ -131,6 +152,28 @@ def add_seed(
             fs, path = get_fs(join(seeds, "images", f"{stem}.{old}"))
             fs.rm(path)
     return record
+
+
+def _copy_in(
+    seeds: str,
+    frame_url: str,
+    stem: str,
+    label: np.ndarray,
+    classes: ClassList,
+    provenance: dict[str, Any],
+    confidence: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """`add_seed` for a frame read from `frame_url` (its drive is the stem's prefix)."""
+    return add_seed(
+        seeds,
+        stem,
+        read_bytes(frame_url),
+        frame_url.rsplit(".", 1)[-1],
+        label,
+        classes,
+        {**provenance, "drive": stem.split("_", 1)[0], "from": frame_url},
+        confidence=confidence,
+    )
 
 
 def bootstrap_seed_set(
@@ -161,15 +204,7 @@ def bootstrap_seed_set(
         if label_url is None:
             raise LamflowError(f"train.seeds: {stem!r} has no label in {labels}")
         label = decode_label(read_bytes(label_url), label_url)
-        add_seed(
-            seeds,
-            stem,
-            read_bytes(frames[stem]),
-            frames[stem].rsplit(".", 1)[-1],
-            label,
-            classes,
-            {"source": "bootstrap", "drive": stem.split("_", 1)[0], "from": frames[stem]},
-        )
+        _copy_in(seeds, frames[stem], stem, label, classes, {"source": "bootstrap"})
     write_text_atomic(
         marker, json.dumps({"stems": list(stems), "images": images, "at": utc_now()}, indent=1)
     )
@@ -177,11 +212,54 @@ def bootstrap_seed_set(
     return list_seeds(seeds)
 
 
+def bootstrap_from_zero_shot(
+    seeds: str, images: str, zero_shot_out: str, classes: ClassList
+) -> list[dict[str, Any]]:
+    """Fill an empty seed set with the frames `zero_shot_seeds` wrote to `zero_shot_out`.
+
+    Only the frames its report lists as used become seeds, each with its confidence map;
+    `bootstrap.json` is written after the last one, as for human seeds. Returns the seed
+    set's provenance list. LamflowError if the report names no usable frame.
+    """
+    marker = join(seeds, BOOTSTRAP_MARKER)
+    if exists(marker):
+        return list_seeds(seeds)
+    report = json.loads(read_bytes(join(zero_shot_out, "report.json")))
+    used = [str(s) for s in report.get("used", [])]
+    if not used:
+        reasons = "; ".join(f"{r['stem']}: {r['reason']}" for r in report.get("rejected", [])[:3])
+        raise LamflowError(
+            f"zero-shot seeds: none of {report.get('frames', 0)} frames is usable as a seed "
+            f"({reasons or 'no frames'}); see {join(zero_shot_out, 'report.json')}"
+        )
+    frames = dict(list_images(images))
+    present = {str(p["stem"]) for p in list_seeds(seeds)}
+    for stem in used:
+        if stem in present:
+            continue
+        label = decode_label(read_bytes(join(zero_shot_out, "labels", f"{stem}.png")), stem)
+        conf_url = join(zero_shot_out, "confidence", f"{stem}.png")
+        confidence = decode_label(read_bytes(conf_url), conf_url)
+        provenance = {
+            "source": "zero_shot",
+            "backend": report.get("backend", ""),
+            "version": report.get("version", ""),
+        }
+        _copy_in(seeds, frames[stem], stem, label, classes, provenance, confidence)
+    write_text_atomic(
+        marker,
+        json.dumps({"stems": used, "images": images, "zero_shot": zero_shot_out, "at": utc_now()}),
+    )
+    log.info("seed set %s bootstrapped with %d zero-shot seed(s)", seeds, len(used))
+    return list_seeds(seeds)
+
+
 def seed_set_fingerprint(seeds: str) -> list[list[str]]:
     """[[stem, frame sha256, label sha256], ...] of the files as they are now.
 
     What a model trained on the set depends on. Hashes the bytes, not the provenance's record
-    of them, so a label edited by hand also trains a new model.
+    of them, so a label edited by hand also trains a new model. For a zero-shot seed the label
+    hash covers its confidence map too (label bytes + confidence bytes).
     """
     frames = dict(list_images(join(seeds, "images"))) if exists(join(seeds, "images")) else {}
     out = []
@@ -190,5 +268,9 @@ def seed_set_fingerprint(seeds: str) -> list[list[str]]:
         label = find_by_stem(join(seeds, "labels"), stem)
         if stem not in frames or label is None:
             raise LamflowError(f"seed set {seeds}: seed {stem} lacks its frame or its label")
-        out.append([stem, sha256_bytes(read_bytes(frames[stem])), sha256_bytes(read_bytes(label))])
+        label_bytes = read_bytes(label)
+        conf = join(seeds, "confidence", f"{stem}.png")
+        if exists(conf):
+            label_bytes += read_bytes(conf)
+        out.append([stem, sha256_bytes(read_bytes(frames[stem])), sha256_bytes(label_bytes)])
     return out

@@ -8,18 +8,46 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from prefect import task
 from tqdm import tqdm
 
 from lam.build import LamConfig, build_lam
 from lam.errors import LamflowError
+from lam.imageio import decode_label
 from lam.train import TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
-from lamflow.storage import join, write_text_atomic
+from lamflow.storage import find_by_stem, join, read_bytes, sha256_bytes, write_text_atomic
 from tasks._frames import load_classes, load_seed_frames, save_model
 
 log = logging.getLogger(__name__)
 TRAIN_REPORT = "train_report.json"
+
+
+def load_confidence(
+    url: str, provenance: list[dict[str, Any]], labels: list[np.ndarray]
+) -> list[np.ndarray | None]:
+    """Per seed its (H, W) float32 confidence in [0, 1] from `url`/STEM.png, or None.
+
+    Adds `confidence_sha256` to the seed's provenance, so the train report (and the model
+    key of the nightly flow) changes when a confidence map does.
+    """
+    out: list[np.ndarray | None] = []
+    for record, label in zip(provenance, labels):
+        found = find_by_stem(url, str(record["stem"]))
+        if found is None:
+            out.append(None)
+            continue
+        data = read_bytes(found)
+        conf = decode_label(data, found)
+        if conf.shape != label.shape:
+            raise LamflowError(
+                f"seed {record['stem']!r}: confidence {found} is {conf.shape[0]}x{conf.shape[1]}, "
+                f"its label {label.shape[0]}x{label.shape[1]} (height x width)"
+            )
+        record["confidence_sha256"] = sha256_bytes(data)
+        out.append(conf.astype(np.float32) / 255.0)
+    return out
 
 
 def train(
@@ -31,6 +59,7 @@ def train(
     model: ModelParams | None = None,
     settings: TrainParams | None = None,
     progress: bool = True,
+    confidence: str | None = None,
 ) -> dict[str, Any]:
     """Train from seed frames `seeds` (file stems) found in `images`, labels in `labels`.
 
@@ -40,6 +69,9 @@ def train(
         classes: URL of classes.json.
         seeds: stems of the seed frames (at least one).
         out: URL of the model directory to write.
+        confidence: optional URL of a folder of per-pixel confidence PNGs (STEM.png, uint8,
+            255 = sure), as `zero_shot_seeds` writes: a seed with one has each labelled
+            pixel weighted by it in the loss; a seed without one (a human's) counts fully.
     Returns:
         the training report (also written to `out/train_report.json`), with `model_version`.
     """
@@ -49,6 +81,7 @@ def train(
         raise LamflowError("no seed frames given: pass at least one stem with --seeds")
     class_list = load_classes(classes)
     seed_images, seed_labels, provenance = load_seed_frames(images, labels, seeds, class_list)
+    weights = load_confidence(confidence, provenance, seed_labels) if confidence else None
 
     config = LamConfig(classes=class_list.to_json(), **model.model_dump())
     net = build_lam(config)
@@ -64,7 +97,7 @@ def train(
 
     started = time.perf_counter()
     report = train_head(
-        net, seed_images, seed_labels, class_list.ignore_index, lam_settings, _progress
+        net, seed_images, seed_labels, class_list.ignore_index, lam_settings, _progress, weights
     )
     bar.close()
     version = save_model(out, net, config)

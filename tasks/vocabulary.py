@@ -38,7 +38,7 @@ from lam.vocabulary.text_embedding import default_embedder
 from lam.vocabulary.wordnet import WordNetNouns, find_wordnet_dir
 from lamflow.params import VocabularyParams
 from lamflow.storage import exists, list_images, read_bytes, read_text, write_text_atomic
-from tasks._frames import load_classes
+from tasks._frames import evenly_spaced, load_classes
 
 log = logging.getLogger(__name__)
 SCHEMA = "lamflow.vocabulary/1"
@@ -114,10 +114,7 @@ def _previous_mapping(out: str) -> list[dict[str, Any]]:
 
 def _subsample(frames: list[tuple[str, str]], max_frames: int) -> list[tuple[str, str]]:
     """At most `max_frames` evenly spaced frames (all when 0): spread over the whole drop."""
-    if max_frames <= 0 or len(frames) <= max_frames:
-        return frames
-    idx = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
-    return [frames[i] for i in sorted(set(idx.tolist()))]
+    return evenly_spaced(frames, max_frames)
 
 
 def propose_frames(

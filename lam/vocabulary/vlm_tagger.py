@@ -23,7 +23,7 @@ import torch
 
 from lam.vocabulary.filtering import combine
 from lam.vocabulary.proposals import FrameProposals
-from lam.vocabulary.zero_shot import check_model_dir
+from lam.zero_shot.model_dir import check_model_dir
 
 DEFAULT_PROMPT = (
     "List every object and region visible in this image that a semantic segmentation "
@@ -85,7 +85,7 @@ class VlmTagger:
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         combine([0.5], token_combine)  # validates the combiner name
-        path = check_model_dir(model_dir, "vlm tagger")
+        path = check_model_dir(model_dir, "vlm tagger (vocabulary.model_dir)")
         # Auto classes resolve at run time; typed Any so generate()'s kwargs are not checked
         # against the mixin's overloads.
         self.model: Any = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)

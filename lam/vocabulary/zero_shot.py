@@ -19,29 +19,7 @@ import torch
 
 from lam.errors import LamflowError
 from lam.vocabulary.proposals import FrameProposals, frame_views
-
-
-def _features(output: object) -> torch.Tensor:
-    """Projected embeddings from `get_*_features` (a tensor, or an output whose pooler is it)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if pooled is None:
-        raise LamflowError(f"cannot read embeddings from {type(output).__name__}")
-    return pooled
-
-
-def check_model_dir(model_dir: str | Path, what: str) -> Path:
-    """`model_dir` as a Path if it holds a config.json, else LamflowError naming it."""
-    if not model_dir:
-        raise LamflowError(f"{what} needs a local model directory (vocabulary.model_dir)")
-    path = Path(model_dir).expanduser()
-    if not (path / "config.json").exists():
-        raise LamflowError(
-            f"{what}: {path} is not a transformers model directory (no config.json); "
-            "save one with `model.save_pretrained(dir)` and its processor beside it"
-        )
-    return path
+from lam.zero_shot.model_dir import check_model_dir, projected_embeddings
 
 
 class ZeroShotTagger:
@@ -75,7 +53,7 @@ class ZeroShotTagger:
             raise LamflowError(f"{kind} tagger needs a non-empty candidate label list")
         if "{}" not in template:
             raise LamflowError(f"prompt template must contain '{{}}', got {template!r}")
-        path = check_model_dir(model_dir, f"{kind} tagger")
+        path = check_model_dir(model_dir, f"{kind} tagger (vocabulary.model_dir)")
         self.kind, self.views, self.top_k, self.min_prob = kind, views, top_k, min_prob
         self.candidates = names
         self.model: Any = AutoModel.from_pretrained(path, local_files_only=True).eval()
@@ -89,7 +67,7 @@ class ZeroShotTagger:
                 texts, padding=padding, truncation=True, max_length=max_len, return_tensors="pt"
             )
             tokens.pop("token_type_ids", None)
-            text = _features(self.model.get_text_features(**tokens))
+            text = projected_embeddings(self.model.get_text_features(**tokens))
         self.text = torch.nn.functional.normalize(text, dim=-1)  # (C, D)
         self.version = f"{kind}:{path.name}:{views}:top{top_k}:{len(names)}labels"
 
@@ -98,7 +76,7 @@ class ZeroShotTagger:
         """(H, W, 3) uint8 RGB -> (V, C) probabilities of each candidate in each view."""
         views = [np.ascontiguousarray(v) for v in frame_views(image, self.views)]
         pixels = self.image_processor(images=views, return_tensors="pt")["pixel_values"]
-        img = _features(self.model.get_image_features(pixel_values=pixels))
+        img = projected_embeddings(self.model.get_image_features(pixel_values=pixels))
         img = torch.nn.functional.normalize(img, dim=-1)
         logits = img @ self.text.T * self.model.logit_scale.exp()
         if self.kind == "siglip":

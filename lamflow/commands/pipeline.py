@@ -82,6 +82,12 @@ _STAGES: dict[str, StageSpec] = {
     "seed_masks": StageSpec(
         "tasks.seed_masks:seed_masks", "segment the prompted seed frames", {"params": "seed_masks"}
     ),
+    "zero_shot_seeds": StageSpec(
+        "tasks.zero_shot_seeds:zero_shot_seeds",
+        "seed labels with no human: grounded_sam (detector + SAM) or maskclip (dense CLIP)",
+        {"params": "zero_shot_seeds", "vocabulary": "vocabulary"},
+        {"classes": "classes"},
+    ),
     "review_select": StageSpec(
         "tasks.review_select:review_select",
         "choose a labeled drop's frames for human review -> review_selection.json",

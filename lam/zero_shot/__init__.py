@@ -1,0 +1,21 @@
+"""Zero-shot seed labels: frames + a class list -> labels with no human (lam.zero_shot.*).
+
+ZERO_SHOT names the backends (lazy, see lam.registry); each entry is a factory
+`build(names, ignore_index, **options) -> ZeroShotSeeder` (lam.zero_shot.result).
+"""
+
+from __future__ import annotations
+
+from lam.registry import Registry
+
+ZERO_SHOT = Registry("zero-shot seed backend")
+ZERO_SHOT.register(
+    "grounded_sam",
+    "lam.zero_shot.grounded_sam:build_grounded_sam",
+    "pip install transformers segment-anything (and local detector + SAM weights)",
+)
+ZERO_SHOT.register(
+    "maskclip",
+    "lam.zero_shot.maskclip:build_maskclip",
+    "pip install transformers (and a local CLIP directory)",
+)
