@@ -1,14 +1,24 @@
-"""Honest few-seed quality on CamVid: seeds from drives 0006R0/0001TP, scored on val (0016E5).
+"""Label quality that cannot be tuned to the reported split: cross-drive folds, then val once.
 
-Prints JSON: mIoU/mF1 for 1 and 5 seeds (averaged over deterministic seed draws), with and
-without the optional adaptation step (self-training on val frames' pixels only, never their
-labels), plus train and adapt seconds. With `--select`, also for the 1 and 5 seeds that
-`select_seeds` (k-center, default settings) picks from the same pool for the val frames
-(`targets`: their pixels, never their labels): the seeds the product would ask a human for;
-and for those plus the frames its coverage pass adds so that every class the pool's labels
-show is in some seed (`*_plus_coverage`; the pool is a labelled archive).
+Every run calls the real stages: `tasks.train.train` (seeds + the target drive's frames as
+`--unlabeled`), `tasks.annotate.annotate`, `tasks.evaluate.evaluate`, in a scratch folder.
 
-    .venv/bin/python bench/quality.py [--camvid PATH] [--draws1 3] [--draws5 3] [--val-step 2]
+Folds (inside CamVid's train split; choose defaults on these): each train drive in turn is the
+target T. Seeds are N frames of the other two drives (N = 1, 6, 21, evenly spaced over them by
+name, or all of them), with or without 4 frames of T itself (the review loop's case: evenly
+spaced over the first third of T's frames). Scored on T's other frames that lie >= 300 frame
+numbers (10 s) from each of those 4, the same frames in both cases. T's frames are the drop:
+`train` sees them unlabeled.
+
+Val (report once, for the chosen defaults): T = 0016E5, scored on CamVid val (0016E5_07959 to
+08159); seeds from 0001TP/0006R0, and in the loop case 4 train frames of 0016E5 evenly spaced
+over those >= 300 frame numbers from every val frame. The val frames are the drop.
+
+    .venv/bin/python bench/quality.py [--camvid PATH] [--counts 1 6 21 all] [--no-val]
+        [--set train.KEY=VALUE ...] [--out bench_quality.json]
+
+Prints one JSON line per run on stderr and the summary (fold mean +- std per case, val,
+per-class IoU) as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -17,149 +27,231 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lam.adapt import AdaptSettings, adapt_to_frames  # noqa: E402
-from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
-from lam.metrics import ConfusionAccumulator  # noqa: E402
-from lam.seeds.embed import embed_frames  # noqa: E402
-from lam.seeds.select import select_seeds  # noqa: E402
-from lam.train import TrainSettings, train_head  # noqa: E402
-from tasks.select_seeds import class_presence  # noqa: E402
+from lamflow.params import load_params  # noqa: E402
+from tasks.annotate import annotate  # noqa: E402
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.train import train  # noqa: E402
 
-SEED_DRIVES = ("0006R0", "0001TP")
-
-
-def _load(root: Path, split: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
-    image = np.array(Image.open(root / split / "images" / f"{stem}.jpg").convert("RGB"))
-    label = np.array(Image.open(root / split / "labels" / f"{stem}.png"))
-    return image, label
+DRIVES = ("0001TP", "0006R0", "0016E5")
+VAL_DRIVE = "0016E5"
+SAME_DRIVE_FRAMES = 4
+MIN_GAP = 300  # frame numbers between a same-drive seed and any frame it is scored on
+THIN = ("pole", "sign", "pedestrian", "bicyclist")
 
 
-def seed_draws(pool: list[str], n_seeds: int, n_draws: int) -> list[list[str]]:
-    """Deterministic, evenly spaced draws of `n_seeds` frames; draw d is shifted by d/n_draws."""
-    draws = []
-    step = len(pool) / n_seeds
-    for d in range(n_draws):
-        offset = step * (d + 0.5) / n_draws
-        draws.append([pool[int(offset + i * step) % len(pool)] for i in range(n_seeds)])
-    return draws
+def frame_number(stem: str) -> int:
+    """'0006R0_f01110' -> 1110; CamVid stems are DRIVE_[f]NUMBER."""
+    return int(stem.split("_", 1)[1].lstrip("f"))
 
 
-@torch.inference_mode()
-def evaluate(model, val_taps, val_images, val_labels, num_classes: int, ignore: int) -> dict:
-    acc = ConfusionAccumulator(num_classes, ignore)
-    for taps, image, label in zip(val_taps, val_images, val_labels):
-        logits = model.head(taps, image)
-        logits = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
-        acc.update(logits.argmax(1)[0].numpy(), label)
-    scores = acc.scores()
-    return {"miou": round(100 * scores.miou, 2), "mf1": round(100 * scores.mf1, 2)}
+def evenly(items: list[str], n: int) -> list[str]:
+    """n items at the centres of n equal parts of `items` (all of them when n >= len)."""
+    if n >= len(items):
+        return list(items)
+    step = len(items) / n
+    return [items[int(step * (i + 0.5))] for i in range(n)]
+
+
+def far_from(stems: list[str], anchors: list[str]) -> list[str]:
+    return [
+        s for s in stems if all(abs(frame_number(s) - frame_number(a)) >= MIN_GAP for a in anchors)
+    ]
+
+
+def cases(camvid: Path, counts: list[str], val: bool) -> list[dict[str, Any]]:
+    """Every run: {split, target, count, same, seeds, score_stems, drop (stems, split)}."""
+    train_stems = sorted(p.stem for p in (camvid / "train" / "images").glob("*.jpg"))
+    val_stems = sorted(p.stem for p in (camvid / "val" / "images").glob("*.jpg"))
+    out = []
+    for target in DRIVES:
+        drive = sorted((s for s in train_stems if s.startswith(target)), key=frame_number)
+        pool = [s for s in train_stems if not s.startswith(target)]
+        same = evenly(drive[: len(drive) // 3], SAME_DRIVE_FRAMES)
+        scored = far_from(drive, same)
+        for count in counts:
+            other = pool if count == "all" else evenly(pool, int(count))
+            for with_same in (False, True):
+                out.append(
+                    {
+                        "split": "folds",
+                        "target": target,
+                        "count": count,
+                        "same": with_same,
+                        "seeds": other + (same if with_same else []),
+                        "scored": scored,
+                        "drop": drive,
+                        "drop_split": "train",
+                    }
+                )
+    if val:
+        pool = [s for s in train_stems if not s.startswith(VAL_DRIVE)]
+        drive = sorted((s for s in train_stems if s.startswith(VAL_DRIVE)), key=frame_number)
+        same = evenly(far_from(drive, val_stems), SAME_DRIVE_FRAMES)
+        for count in counts:
+            other = pool if count == "all" else evenly(pool, int(count))
+            for with_same in (False, True):
+                out.append(
+                    {
+                        "split": "val",
+                        "target": VAL_DRIVE,
+                        "count": count,
+                        "same": with_same,
+                        "seeds": other + (same if with_same else []),
+                        "scored": val_stems,
+                        "drop": val_stems,
+                        "drop_split": "val",
+                    }
+                )
+    return out
+
+
+def _link_folder(folder: Path, source: Path, stems: list[str]) -> str:
+    """A folder of symlinks to `stems`' frames: the drop, as `train --unlabeled` reads it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        link = folder / f"{stem}.jpg"
+        if not link.exists():
+            link.symlink_to(source / f"{stem}.jpg")
+    return str(folder)
+
+
+def run_case(case: dict[str, Any], camvid: Path, params: Any, scratch: Path) -> dict[str, Any]:
+    """Train on the case's seeds with its drop unlabeled, label its scored frames, score them."""
+    tag = f"{case['split']}-{case['target']}-{case['count']}-{'same' if case['same'] else 'other'}"
+    work = scratch / tag
+    images = camvid / case["drop_split"] / "images"
+    drop = _link_folder(work / "drop", images, case["drop"])
+    started = time.perf_counter()
+    report = train(
+        str(camvid / "train" / "images"),
+        str(camvid / "train" / "labels"),
+        str(camvid / "classes.json"),
+        case["seeds"],
+        str(work / "model"),
+        params.model,
+        params.train,
+        progress=False,
+        unlabeled=[drop],
+    )
+    train_s = time.perf_counter() - started
+    summary = annotate(
+        str(work / "model"),
+        str(images),
+        str(work / "pred"),
+        params.annotate,
+        stems=case["scored"],
+        progress=False,
+    )
+    scores = evaluate(
+        str(work / "pred"),
+        str(camvid / case["drop_split"] / "labels"),
+        str(camvid / "classes.json"),
+    )
+    row = {
+        "split": case["split"],
+        "target": case["target"],
+        "count": case["count"],
+        "same": case["same"],
+        "seeds": len(case["seeds"]),
+        "scored": scores["n_images"],
+        "miou": round(scores["miou"], 2),
+        "per_class": {k: round(v["iou"], 1) for k, v in scores["per_class"].items()},
+        "train_s": round(train_s, 1),
+        "annotate_fps": round(summary.labeled / max(summary.seconds, 1e-9), 1),
+        "unlabeled_frames": len(report["unlabeled"]["frames"]),
+    }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (count, same): fold mean +- std of mIoU and mean per-class IoU; val as it is."""
+    out: dict[str, Any] = {}
+    keys = sorted({(r["count"], r["same"]) for r in rows}, key=lambda k: (str(k[0]), k[1]))
+    for count, same in keys:
+        name = f"{count}{'+4same' if same else ''}"
+        folds = [
+            r for r in rows if r["split"] == "folds" and (r["count"], r["same"]) == (count, same)
+        ]
+        vals = [r for r in rows if r["split"] == "val" and (r["count"], r["same"]) == (count, same)]
+        entry: dict[str, Any] = {}
+        if folds:
+            m = [r["miou"] for r in folds]
+            classes = list(folds[0]["per_class"])
+            entry["folds"] = {
+                "miou_mean": round(float(np.mean(m)), 2),
+                "miou_std": round(float(np.std(m)), 2),
+                "per_target": {r["target"]: r["miou"] for r in folds},
+                "per_class": {
+                    c: round(float(np.nanmean([r["per_class"][c] for r in folds])), 1)
+                    for c in classes
+                },
+                "train_s": round(float(np.mean([r["train_s"] for r in folds])), 1),
+            }
+        if vals:
+            entry["val"] = {k: vals[0][k] for k in ("miou", "per_class", "train_s", "annotate_fps")}
+        out[name] = entry
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     default_root = os.environ.get("LAMFLOW_CAMVID", str(ROOT / ".." / "shared" / "data" / "camvid"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--camvid", default=default_root)
-    parser.add_argument("--backbone", default=LamConfig.backbone)
-    parser.add_argument("--draws1", type=int, default=3, help="seed draws for the 1-seed score")
-    parser.add_argument("--draws5", type=int, default=3, help="seed draws for the 5-seed score")
-    parser.add_argument("--val-step", type=int, default=1, help="score every n-th val frame")
-    parser.add_argument("--no-adapt", action="store_true")
-    parser.add_argument(
-        "--select", action="store_true", help="also score the seeds select_seeds picks (B=1, 5)"
-    )
+    parser.add_argument("--counts", nargs="+", default=["1", "6", "21", "all"])
+    parser.add_argument("--targets", nargs="+", default=list(DRIVES), help="fold targets")
+    parser.add_argument("--no-folds", action="store_true")
+    parser.add_argument("--no-val", action="store_true")
+    parser.add_argument("--only-same", action="store_true", help="only the +4 same-drive cases")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default="", help="also write the summary JSON here")
     args = parser.parse_args(argv)
-    root = Path(args.camvid)
-    if not (root / "classes.json").is_file():
-        print(f"error: no CamVid at {root} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
+    camvid = Path(args.camvid)
+    if not (camvid / "classes.json").is_file():
+        print(f"error: no CamVid at {camvid} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
         return 2
-    classes = json.loads((root / "classes.json").read_text())
-    config = LamConfig(classes=classes, backbone=args.backbone)
-    cl = config.class_list
-    backbone = build_backbone(config.backbone, config.backbone_options)
-    train_stems = sorted(p.stem for p in (root / "train" / "images").glob("*.jpg"))
-    pool = [s for s in train_stems if s.split("_")[0] in SEED_DRIVES]
-    val_stems = sorted(p.stem for p in (root / "val" / "images").glob("*.jpg"))
-    val = [_load(root, "val", s) for s in val_stems[:: args.val_step]]
-    all_val_images = [_load(root, "val", s)[0] for s in val_stems]
-    model = build_lam(config, backbone=backbone)
-    val_images = [torch.from_numpy(im).permute(2, 0, 1)[None] for im, _ in val]
-    val_taps = [model.extract(x) for x in val_images]
-    val_labels = [lb for _, lb in val]
-
-    def run(draw: list[str], tag: str) -> dict:
-        """Train on the seed frames `draw`, score on val, then adapt and score again."""
-        model = build_lam(config, backbone=backbone)
-        seeds = [_load(root, "train", s) for s in draw]
-        images, labels = [s[0] for s in seeds], [s[1] for s in seeds]
-        report = train_head(model, images, labels, cl.ignore_index, TrainSettings())
-        row = {"seeds": draw, "train_s": round(report.seconds, 2)}
-        row["plain"] = evaluate(
-            model, val_taps, val_images, val_labels, cl.num_classes, cl.ignore_index
-        )
-        if not args.no_adapt:
-            t = time.perf_counter()
-            ad = adapt_to_frames(
-                model, images, labels, all_val_images, cl.ignore_index, AdaptSettings()
-            )
-            row["adapt_s"] = round(time.perf_counter() - t, 2)
-            row["adapted"] = evaluate(
-                model, val_taps, val_images, val_labels, cl.num_classes, cl.ignore_index
-            )
-            row["pseudo_pixels"] = ad.pseudo_pixels
-        print(json.dumps({tag: row}), file=sys.stderr, flush=True)
-        return row
-
-    def summarise(rows: list[dict]) -> dict:
-        summary = {
-            "draws": rows,
-            "miou": round(float(np.mean([r["plain"]["miou"] for r in rows])), 2),
-            "mf1": round(float(np.mean([r["plain"]["mf1"] for r in rows])), 2),
-            "train_s": round(float(np.mean([r["train_s"] for r in rows])), 2),
-        }
-        if not args.no_adapt:
-            summary["adapted_miou"] = round(float(np.mean([r["adapted"]["miou"] for r in rows])), 2)
-            summary["adapted_mf1"] = round(float(np.mean([r["adapted"]["mf1"] for r in rows])), 2)
-            summary["adapt_s"] = round(float(np.mean([r["adapt_s"] for r in rows])), 2)
-        return summary
-
-    results: dict = {"backbone": config.backbone, "val_frames": len(val), "runs": {}}
-    for n_seeds, n_draws in ((1, args.draws1), (5, args.draws5)):
-        if n_draws <= 0:
-            continue
-        rows = [run(draw, f"{n_seeds}seed") for draw in seed_draws(pool, n_seeds, n_draws)]
-        results["runs"][f"{n_seeds}_seed"] = summarise(rows)
-    if args.select:
-        pool_frames = [_load(root, "train", s) for s in pool]
-        pool_emb = embed_frames(backbone, [image for image, _ in pool_frames])
-        targets = embed_frames(backbone, all_val_images)
-        # The pool is a labelled archive, so which classes each frame shows is known (read as
-        # `lamflow select-seeds --labels` reads it): the coverage pass adds frames until every
-        # class the archive shows is in some seed.
-        presence = class_presence(str(root / "train" / "labels"), pool, cl)
-        for budget in (1, 5):
-            picked = select_seeds(pool_emb, budget, targets=targets).seeds
-            draw = [pool[s.index] for s in picked]
-            results["runs"][f"{budget}_seed_selected"] = summarise([run(draw, f"{budget}selected")])
-            covered = select_seeds(
-                pool_emb, budget, targets=targets, presence=presence, class_names=list(cl.names)
-            ).seeds
-            if len(covered) > budget:
-                draw = [pool[s.index] for s in covered]
-                results["runs"][f"{budget}_seed_selected_plus_coverage"] = summarise(
-                    [run(draw, f"{budget}selected+coverage")]
-                )
-    print(json.dumps(results, indent=2))
+    bad = [c for c in args.counts if c != "all" and not c.isdigit()]
+    if bad:
+        print(f"error: --counts takes numbers or 'all', got {bad}", file=sys.stderr)
+        return 2
+    params = load_params(args.params, args.set)
+    todo = [
+        c
+        for c in cases(camvid, args.counts, not args.no_val)
+        if (c["split"] == "val" or (not args.no_folds and c["target"] in args.targets))
+        and (c["same"] or not args.only_same)
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lamflow-quality-") as scratch:
+        for case in todo:
+            rows.append(run_case(case, camvid, params, Path(scratch)))
+    result = {
+        "backbone": params.model.backbone,
+        "train": params.train.model_dump(exclude={"seeds"}),
+        "summary": summarise(rows),
+        "thin_classes_val_6+4same": {
+            c: r["per_class"][c]
+            for r in rows
+            if r["split"] == "val" and r["count"] == "6" and r["same"]
+            for c in THIN
+        },
+        "runs": rows,
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
     return 0
 
 

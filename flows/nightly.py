@@ -34,8 +34,8 @@ from prefect.runtime import flow_run
 
 from lam.errors import LamflowError
 from lamflow.params import Params, load_params
-from lamflow.storage import safe_name
-from tasks.ingest import add_drop, list_drops
+from lamflow.storage import join, safe_name
+from tasks.ingest import add_drop, drop_url, list_drops
 from tasks.models import ensure_model_task, seed_sources
 
 from .drop import adapted_model, label_drop, labels_url
@@ -116,7 +116,10 @@ def _run_drops(
     before = read_model_pointer(root)
     pull = pull_step(params)
     renew()
-    model = ensure_model_task(root, params, progress=False)
+    # The night's new drops are the frames the model is for: `train --unlabeled` (read only
+    # when train.unlabeled_method is not none; their labels are never read).
+    drop_images = [join(drop_url(root, d), "images") for d in drives]
+    model = ensure_model_task(root, params, progress=False, unlabeled=drop_images)
     write_model_pointer(root, model)
     renew()
     backfill = [

@@ -37,15 +37,25 @@ class TrainSettings:
     batch_views: int = 4  # views per OptOU step
     scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     hflip: bool = True
-    # weight_c = (median_freq / freq_c) ** power; 0 = unweighted. 1.0 beat 0.5 on bench/quality
-    # (1 seed 34.17 vs 33.92, 5 seeds 40.24 vs 38.81 mIoU): rare classes need the full weight.
-    class_balance_power: float = 1.0
+    # weight_c = (median_freq / freq_c) ** power; 0 = unweighted. Chosen on the cross-drive
+    # folds of bench/quality.py (6 other-drive seeds / + 4 same-drive frames, mean of the 3
+    # target drives): 0.25 -> 39.95 / 46.05, 0.5 -> 41.36 / 47.19, 0.75 -> 41.71 / 46.82,
+    # 1.0 -> 41.04 / 45.39 mIoU. Full weight floods thin classes (pole precision 6-11%).
+    class_balance_power: float = 0.5
     seed: int = 0
     pixels_per_view: int = 8000  # labelled pixels sampled per view for the adapter fit
     max_pixels: int = 120000  # cap on all sampled pixels (per-view budget shrinks to fit)
     optimizer: str = "lbfgs"  # "lbfgs" or "adam"
     optou_iterations: int = 20  # Adam steps on OptOU's scalars (0 = keep their init)
     optou_lr: float = 0.05
+    # What `train_head(unlabeled=...)` does with the target drives' unlabelled frames:
+    # "none" = nothing (their labels are never read either way); "self_train" = lam.adapt's
+    # class-balanced self-training after the seed fit. On the cross-drive folds of
+    # bench/quality.py self-training did not beat "none" (see README), hence the default.
+    unlabeled_method: str = "none"
+
+
+UNLABELED_METHODS = ("none", "self_train")
 
 
 @dataclass
@@ -371,8 +381,10 @@ def train_head(
     settings: TrainSettings | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     pixel_weights: Sequence[np.ndarray | None] | None = None,
+    unlabeled: Sequence[np.ndarray] | None = None,
 ) -> TrainReport:
-    """Fit the model's head on seed frames.
+    """Fit the model's head on seed frames (and, per `settings.unlabeled_method`, on the
+    target drives' unlabelled frames).
 
     Args:
         model: built annotator; its backbone stays frozen.
@@ -384,11 +396,26 @@ def train_head(
         pixel_weights: optional, per seed an (H, W) float map in [0, 1] or None: how much
             each labelled pixel counts in the adapter loss. Zero-shot seeds pass their
             confidence, so a pixel the backend was unsure of teaches less; weight 0 = unlabelled.
+        unlabeled: frames (H, W, 3) uint8 of the drives the model will label; only their
+            pixels exist here. Used by `settings.unlabeled_method` "self_train" (pseudo-labels
+            of the seed-trained head, refit, interpolation: lam.adapt); ignored by "none".
     """
     settings = settings or TrainSettings()
+    if settings.unlabeled_method not in UNLABELED_METHODS:
+        raise LamflowError(
+            f"unknown unlabeled_method {settings.unlabeled_method!r}; "
+            f"known: {', '.join(UNLABELED_METHODS)}"
+        )
     start = time.perf_counter()
     views = build_views(model, images, labels, settings.scales, settings.hflip, pixel_weights)
     losses, counts = fit_head_on_views(model, views, ignore_index, settings, progress=progress)
+    if unlabeled is not None and len(unlabeled) and settings.unlabeled_method == "self_train":
+        from lam.adapt import AdaptSettings, adapt_to_frames  # lam.adapt builds on this module
+
+        adapted = adapt_to_frames(
+            model, images, labels, unlabeled, ignore_index, AdaptSettings(train=settings)
+        )
+        losses += adapted.train.losses
     return TrainReport(
         seconds=time.perf_counter() - start,
         views=len(views),

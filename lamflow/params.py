@@ -79,6 +79,10 @@ class TrainParams(_Section):
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     optou_iterations: int = Field(default=_TRAIN.optou_iterations, ge=0)
     optou_lr: float = Field(default=_TRAIN.optou_lr, gt=0)
+    # `train --unlabeled` frames: none (not read) | self_train (lam.adapt inside train)
+    unlabeled_method: Literal["none", "self_train"] = _TRAIN.unlabeled_method  # type: ignore[assignment]
+    # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read
+    unlabeled_frames: int = Field(default=200, ge=0)
 
 
 class AdaptParams(_Section):

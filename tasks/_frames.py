@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from lam.artifact import CONFIG_FILE, WEIGHTS_FILE, model_from_files, model_to_files
 from lam.build import LamConfig
@@ -87,25 +88,46 @@ def load_model(url: str, fresh: bool = False) -> tuple[LabelAnythingModel, LamCo
         return _MODEL_CACHE[key]
 
 
+def _seed_folders(images: str | list[str], labels: str | list[str]) -> list[tuple[str, str]]:
+    """Pair image folders with label folders: one label folder serves every image folder."""
+    image_urls = [images] if isinstance(images, str) else list(images)
+    label_urls = [labels] if isinstance(labels, str) else list(labels)
+    if not image_urls:
+        raise LamflowError("no seed image folder given (--images)")
+    if len(label_urls) == 1:
+        label_urls = label_urls * len(image_urls)
+    if len(label_urls) != len(image_urls):
+        raise LamflowError(
+            f"{len(image_urls)} seed image folders but {len(label_urls)} label folders: give one "
+            "label folder, or one per image folder in the same order"
+        )
+    return list(zip(image_urls, label_urls))
+
+
 def load_seed_frames(
-    images: str, labels: str, stems: list[str], class_list: ClassList
+    images: str | list[str], labels: str | list[str], stems: list[str], class_list: ClassList
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
     """Seed frames (H, W, 3) uint8, their labels (H, W) uint8 and provenance, by stem.
 
+    images/labels: one folder URL each, or several: a stem is taken from the first image
+    folder that holds it, with its label from the label folder paired with that one.
     Provenance is [{stem, image_sha256, label_sha256}], what train_report.json records.
     LamflowError names a missing frame or label, a size mismatch or an unknown class id.
     """
-    frames = dict(list_images(images))
+    folders = [(dict(list_images(im)), lb) for im, lb in _seed_folders(images, labels)]
     seed_images, seed_labels, provenance = [], [], []
     for stem in stems:
-        if stem not in frames:
-            near = ", ".join(sorted(frames)[:5])
-            raise LamflowError(f"seed {stem!r} not found in {images} (frames: {near}, ...)")
-        label_url = find_by_stem(labels, stem)
+        found = next(((fr[stem], lb) for fr, lb in folders if stem in fr), None)
+        if found is None:
+            near = ", ".join(sorted(s for fr, _ in folders for s in fr)[:5])
+            where = images if isinstance(images, str) else ", ".join(images)
+            raise LamflowError(f"seed {stem!r} not found in {where} (frames: {near}, ...)")
+        image_url, labels_url = found
+        label_url = find_by_stem(labels_url, stem)
         if label_url is None:
-            raise LamflowError(f"seed {stem!r} has no label {stem}.png in {labels}")
-        image_bytes, label_bytes = read_bytes(frames[stem]), read_bytes(label_url)
-        image = decode_image(image_bytes, frames[stem])
+            raise LamflowError(f"seed {stem!r} has no label {stem}.png in {labels_url}")
+        image_bytes, label_bytes = read_bytes(image_url), read_bytes(label_url)
+        image = decode_image(image_bytes, image_url)
         label = decode_label(label_bytes, label_url)
         if label.shape != image.shape[:2]:
             raise LamflowError(
@@ -123,3 +145,30 @@ def load_seed_frames(
             }
         )
     return seed_images, seed_labels, provenance
+
+
+def load_unlabeled_frames(
+    folders: list[str], max_frames: int, exclude: set[str] | None = None, progress: bool = False
+) -> tuple[list[np.ndarray], list[dict[str, str]]]:
+    """Frames (H, W, 3) uint8 of the folders `folders`, never a label: only the frame files
+    each folder lists are read (a labels/ folder beside them is never opened).
+
+    At most `max_frames` in all (0 = every frame), evenly spaced over each folder's frames in
+    name (time) order and shared between the folders in proportion to their size; stems in
+    `exclude` (the seeds) are left out. Returns the frames and [{stem, sha256}] in order.
+    """
+    listed = [
+        [(stem, url) for stem, url in list_images(f) if stem not in (exclude or set())]
+        for f in folders
+    ]
+    total = sum(len(items) for items in listed)
+    picked: list[tuple[str, str]] = []
+    for items in listed:
+        share = len(items) if max_frames <= 0 else max(1, round(max_frames * len(items) / total))
+        picked += evenly_spaced(items, share) if items else []
+    frames, records = [], []
+    for stem, url in tqdm(picked, desc="unlabeled frames", disable=not progress, leave=False):
+        data = read_bytes(url)
+        frames.append(decode_image(data, url))
+        records.append({"stem": stem, "sha256": sha256_bytes(data)})
+    return frames, records

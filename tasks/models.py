@@ -16,7 +16,7 @@ from prefect import task
 
 from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
-from lamflow.storage import exists, join, read_bytes, sha256_bytes
+from lamflow.storage import exists, join, list_images, read_bytes, sha256_bytes
 from tasks._frames import load_classes
 from tasks.seed_set import (
     BOOTSTRAP_MARKER,
@@ -67,7 +67,9 @@ def ensure_seed_set(root: str, params: Params, progress: bool = False) -> str:
     return url
 
 
-def seed_key(fingerprint: list[list[str]], params: Params) -> str:
+def seed_key(
+    fingerprint: list[list[str]], params: Params, unlabeled: list[str] | None = None
+) -> str:
     """16 hex digits identifying the model a seed set (its `seed_set_fingerprint`) and params
     would train.
 
@@ -80,10 +82,32 @@ def seed_key(fingerprint: list[list[str]], params: Params) -> str:
     parts.append(fingerprint)
     parts.append(params.model.model_dump(mode="json"))
     parts.append(params.train.model_dump(mode="json", exclude={"seeds"}))
+    if unlabeled:  # only when train reads them (`_unlabeled_key`): old keys stay valid
+        parts.append(unlabeled)
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())[:16]
 
 
-def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, Any]:
+def _unlabeled_key(unlabeled: list[str], params: Params) -> list[str]:
+    """What a model learns from its unlabeled folders: the sha256 of each one's frame list
+    (stem + bytes hash, from ingest.json when the folder is a drop's, else from the files).
+    Empty when `train.unlabeled_method` is none: then they are not read and the model, its
+    key and its relabels stay the same whatever drops arrive."""
+    if params.train.unlabeled_method == "none":
+        return []
+    keys = []
+    for folder in unlabeled:
+        manifest = join(folder.rstrip("/").rsplit("/", 1)[0], "ingest.json")
+        if folder.rstrip("/").endswith("/images") and exists(manifest):
+            keys.append(sha256_bytes(read_bytes(manifest)))
+        else:
+            listing = [[stem, sha256_bytes(read_bytes(url))] for stem, url in list_images(folder)]
+            keys.append(sha256_bytes(json.dumps(listing).encode()))
+    return keys
+
+
+def ensure_model(
+    root: str, params: Params, progress: bool = True, unlabeled: list[str] | None = None
+) -> dict[str, Any]:
     """Model for the current seed set under `root`, trained first if missing.
 
     The seed set ROOT/seeds is bootstrapped from `train.seeds` on first use, and grows with
@@ -95,7 +119,9 @@ def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, 
     src = seed_sources(params)
     seeds = ensure_seed_set(root, params, progress)
     fingerprint = seed_set_fingerprint(seeds)
-    url = join(root, "models", seed_key(fingerprint, params))
+    unlabeled = list(unlabeled or [])
+    drops = _unlabeled_key(unlabeled, params)
+    url = join(root, "models", seed_key(fingerprint, params, drops))
     trained = False
     stems = [stem for stem, _, _ in fingerprint]
     if not exists(join(url, CONFIG_FILE)):
@@ -109,6 +135,7 @@ def ensure_model(root: str, params: Params, progress: bool = True) -> dict[str, 
             params.train,
             progress=progress,
             confidence=join(seeds, "confidence"),
+            unlabeled=unlabeled if drops else None,
         )
         trained = True
     config = json.loads(read_bytes(join(url, CONFIG_FILE)))

@@ -13,12 +13,14 @@ from prefect import task
 from tqdm import tqdm
 
 from lam.build import LamConfig, build_lam
+from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_label
 from lam.train import TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
 from lamflow.storage import find_by_stem, join, read_bytes, sha256_bytes, write_text_atomic
-from tasks._frames import load_classes, load_seed_frames, save_model
+from tasks._frames import load_classes, load_seed_frames, load_unlabeled_frames, save_model
+from tasks.seed_set import list_seeds
 
 log = logging.getLogger(__name__)
 TRAIN_REPORT = "train_report.json"
@@ -51,8 +53,8 @@ def load_confidence(
 
 
 def train(
-    images: str,
-    labels: str,
+    images: str | list[str],
+    labels: str | list[str],
     classes: str,
     seeds: list[str],
     out: str,
@@ -60,33 +62,59 @@ def train(
     settings: TrainParams | None = None,
     progress: bool = True,
     confidence: str | None = None,
+    unlabeled: list[str] | None = None,
+    seed_set: str = "",
 ) -> dict[str, Any]:
     """Train from seed frames `seeds` (file stems) found in `images`, labels in `labels`.
 
     Args:
-        images: URL of a folder of frames (STEM.jpg/.png).
-        labels: URL of a folder of single-channel PNG class-id maps (STEM.png).
+        images: URL of a folder of frames (STEM.jpg/.png), or several: a stem is taken from
+            the first folder holding it.
+        labels: URL of a folder of single-channel PNG class-id maps (STEM.png), or one per
+            image folder, in the same order.
         classes: URL of classes.json.
-        seeds: stems of the seed frames (at least one).
+        seeds: stems of the seed frames (may be empty when `seed_set` holds seeds).
         out: URL of the model directory to write.
         confidence: optional URL of a folder of per-pixel confidence PNGs (STEM.png, uint8,
             255 = sure), as `zero_shot_seeds` writes: a seed with one has each labelled
             pixel weighted by it in the loss; a seed without one (a human's) counts fully.
+        unlabeled: URLs of folders of frames whose labels are never read (the new drop,
+            earlier drops): `train.unlabeled_frames` of them, evenly spaced, teach the
+            head what the target drives look like (see lam.train.train_head).
+        seed_set: URL of a seed set (tasks.seed_set: images/, labels/, confidence/,
+            provenance/): all its seeds are used, with their confidence maps; a stem of
+            `seeds` that the set also holds is taken from the set.
     Returns:
         the training report (also written to `out/train_report.json`), with `model_version`.
     """
     model = model or ModelParams()
     settings = settings or TrainParams()
-    if not seeds:
-        raise LamflowError("no seed frames given: pass at least one stem with --seeds")
     class_list = load_classes(classes)
-    seed_images, seed_labels, provenance = load_seed_frames(images, labels, seeds, class_list)
-    weights = load_confidence(confidence, provenance, seed_labels) if confidence else None
+    seed_images, seed_labels, provenance, weights = _load_seeds(
+        images, labels, seeds, class_list, confidence, seed_set
+    )
+    unlabeled_frames: list[np.ndarray] = []
+    unlabeled_records: list[dict[str, str]] = []
+    if unlabeled and settings.unlabeled_method == "none":
+        log.info(
+            "train.unlabeled_method is none: the %d unlabeled folder(s) are not read",
+            len(unlabeled),
+        )
+    elif unlabeled:
+        unlabeled_frames, unlabeled_records = load_unlabeled_frames(
+            list(unlabeled),
+            settings.unlabeled_frames,
+            exclude={str(p["stem"]) for p in provenance},
+            progress=progress,
+        )
 
     config = LamConfig(classes=class_list.to_json(), **model.model_dump())
     net = build_lam(config)
     lam_settings = TrainSettings(
-        **{**settings.model_dump(exclude={"seeds"}), "scales": tuple(settings.scales)}
+        **{
+            **settings.model_dump(exclude={"seeds", "unlabeled_frames"}),
+            "scales": tuple(settings.scales),
+        }
     )
     bar = tqdm(total=None, desc="train", unit="stage", disable=not progress, leave=False)
 
@@ -97,7 +125,14 @@ def train(
 
     started = time.perf_counter()
     report = train_head(
-        net, seed_images, seed_labels, class_list.ignore_index, lam_settings, _progress, weights
+        net,
+        seed_images,
+        seed_labels,
+        class_list.ignore_index,
+        lam_settings,
+        _progress,
+        weights,
+        unlabeled=unlabeled_frames,
     )
     bar.close()
     version = save_model(out, net, config)
@@ -116,6 +151,11 @@ def train(
         "model_version": version,
         "out": out,
         "seeds": provenance,
+        "unlabeled": {
+            "folders": list(unlabeled or []),
+            "method": settings.unlabeled_method,
+            "frames": unlabeled_records,
+        },
         "seconds": round(time.perf_counter() - started, 2),
         "views": report.views,
         "final_loss": round(report.final_loss, 4),
@@ -125,8 +165,57 @@ def train(
         "train": {k: v for k, v in asdict(lam_settings).items()},
     }
     write_text_atomic(join(out, TRAIN_REPORT), json.dumps(summary, indent=2))
-    log.info("trained %s from %d seed(s) in %.1fs", version, len(seeds), summary["seconds"])
+    log.info(
+        "trained %s from %d seed(s) and %d unlabeled frame(s) in %.1fs",
+        version,
+        len(provenance),
+        len(unlabeled_records),
+        summary["seconds"],
+    )
     return summary
+
+
+def _load_seeds(
+    images: str | list[str],
+    labels: str | list[str],
+    seeds: list[str],
+    class_list: ClassList,
+    confidence: str | None,
+    seed_set: str,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]], list[np.ndarray | None]]:
+    """Seed frames, labels, provenance and per-pixel weights from the folders and the set."""
+    from_set: list[str] = []
+    if seed_set:
+        from_set = [str(p["stem"]) for p in list_seeds(seed_set)]
+        if not from_set:
+            raise LamflowError(f"seed set {seed_set} holds no seed (no provenance/*.json)")
+    stems = [s for s in seeds if s not in set(from_set)]
+    if not stems and not from_set:
+        raise LamflowError("no seed frames given: pass stems with --seeds, or --seed-set")
+    out_images: list[np.ndarray] = []
+    out_labels: list[np.ndarray] = []
+    provenance: list[dict[str, Any]] = []
+    weights: list[np.ndarray | None] = []
+    parts: list[tuple[str | list[str], str | list[str], list[str], str | None]] = []
+    if from_set:
+        parts.append(
+            (
+                join(seed_set, "images"),
+                join(seed_set, "labels"),
+                from_set,
+                join(seed_set, "confidence"),
+            )
+        )
+    if stems:
+        parts.append((images, labels, stems, confidence))
+    for part_images, part_labels, part_stems, part_conf in parts:
+        ims, lbs, prov = load_seed_frames(part_images, part_labels, part_stems, class_list)
+        conf = load_confidence(part_conf, prov, lbs) if part_conf else [None] * len(ims)
+        out_images += ims
+        out_labels += lbs
+        provenance += prov
+        weights += conf
+    return out_images, out_labels, provenance, weights
 
 
 train_task = task(name="train", retries=0)(train)

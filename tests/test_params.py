@@ -23,7 +23,7 @@ def test_sections_mirror_the_library_dataclasses():
     adapt = {f.name for f in fields(AdaptSettings)} - {"train"}
     assert set(AdaptParams.model_fields) == adapt
     train = {f.name for f in fields(TrainSettings)}
-    assert set(TrainParams.model_fields) - {"seeds"} == train
+    assert set(TrainParams.model_fields) - {"seeds", "unlabeled_frames"} == train
     model = {f.name for f in fields(LamConfig)} - {"classes", "version", "extra"}
     assert set(ModelParams.model_fields) == model
     defaults = TrainParams()

@@ -13,17 +13,41 @@ from lamflow.params import load_params
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the annotator from seed frames")
-    p.add_argument("--images", required=True, help="folder (URL) of frames STEM.jpg/.png")
     p.add_argument(
-        "--labels", required=True, help="folder (URL) of label PNGs STEM.png (class ids)"
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="URL",
+        help="folder(s) of seed frames STEM.jpg/.png (a stem is taken from the first holding it)",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=[],
+        metavar="URL",
+        help="folder(s) of label PNGs STEM.png (class ids): one, or one per --images folder",
     )
     p.add_argument("--classes", required=True, help="classes.json")
-    p.add_argument("--seeds", required=True, nargs="+", metavar="STEM", help="seed frame stems")
+    p.add_argument("--seeds", nargs="*", default=[], metavar="STEM", help="seed frame stems")
+    p.add_argument(
+        "--seed-set",
+        default="",
+        metavar="URL",
+        help="a seed set folder (images/, labels/, provenance/): all its seeds are used",
+    )
+    p.add_argument(
+        "--unlabeled",
+        nargs="+",
+        default=[],
+        metavar="URL",
+        help="folder(s) of frames whose labels are never read: the drop(s) to be labeled",
+    )
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--params", default="params.yaml", help="params file (model + train sections)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -80,8 +104,20 @@ def _train(args: argparse.Namespace) -> int:
     from tasks.train import train
 
     params = load_params(args.params, args.set)
+    if args.seeds and not args.images:
+        print("lamflow: error: --seeds needs --images (and --labels)", file=sys.stderr)
+        return 2
     summary = train(
-        args.images, args.labels, args.classes, args.seeds, args.out, params.model, params.train
+        args.images,
+        args.labels,
+        args.classes,
+        args.seeds,
+        args.out,
+        params.model,
+        params.train,
+        progress=not args.no_progress,
+        unlabeled=args.unlabeled,
+        seed_set=args.seed_set,
     )
     keys = ("model_version", "out", "seconds", "final_loss", "unseen_classes")
     print(json.dumps({k: summary[k] for k in keys}))  # unseen classes: tasks.train warns

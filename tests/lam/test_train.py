@@ -83,3 +83,27 @@ def test_positional_bumps_match_dense_adapter(tiny_backbone, tiny_classes):
     points = torch.tensor([[5.0, 7.0], [20.0, 30.0]])
     sparse = model.adapter.forward_points(model.adapter.point_features(taps, points, (32, 48)))
     assert torch.allclose(sparse, dense[0][:, [5, 20], [7, 30]].T, atol=1e-4)
+
+
+def test_unlabeled_method_is_checked_and_self_training_changes_the_head(
+    tiny_backbone, tiny_classes
+):
+    image, label = scene()
+    frames = [scene(seed)[0] for seed in range(3, 7)]
+    with pytest.raises(LamflowError, match="unknown unlabeled_method 'magic'"):
+        train_head(
+            build_lam(LamConfig(classes=tiny_classes), backbone=tiny_backbone),
+            [image],
+            [label],
+            255,
+            TrainSettings(unlabeled_method="magic"),
+            unlabeled=frames,
+        )
+    heads = {}
+    for method in ("none", "self_train"):
+        model = build_lam(LamConfig(classes=tiny_classes), backbone=tiny_backbone)
+        settings = TrainSettings(**{**FAST.__dict__, "unlabeled_method": method})
+        train_head(model, [image], [label], 255, settings, unlabeled=frames)
+        heads[method] = model.adapter.bias.detach().clone()
+    # ("none" giving the seed-only model is checked on the stage: tests/pipeline)
+    assert (heads["self_train"] - heads["none"]).abs().max() > 1e-3

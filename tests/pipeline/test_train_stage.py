@@ -1,0 +1,165 @@
+"""Stage `train`: seeds from several folders or a seed set, and unlabeled frames."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lam.errors import LamflowError
+from lamflow.params import ModelParams, TrainParams
+from tasks.train import train
+from tests.conftest import make_scene
+
+FAST = TrainParams(iterations=5, scales=[1.0], pixels_per_view=300, optou_iterations=2)
+SELF_TRAIN = FAST.model_copy(update={"unlabeled_method": "self_train"})
+
+
+def _folder(root: Path, prefix: str, seeds: range, labels: bool = True) -> Path:
+    (root / "images").mkdir(parents=True)
+    if labels:
+        (root / "labels").mkdir()
+    for i in seeds:
+        image, label = make_scene(i)
+        Image.fromarray(image).save(root / "images" / f"{prefix}_{i:04d}.png")
+        if labels:
+            Image.fromarray(label).save(root / "labels" / f"{prefix}_{i:04d}.png")
+    return root
+
+
+def _train(tmp: Path, classes: Path, out: str, **kwargs) -> dict:
+    kwargs.setdefault("settings", FAST)
+    return train(classes=str(classes), out=str(tmp / out), progress=False, **kwargs)
+
+
+@pytest.fixture()
+def classes(tmp_path: Path, tiny_classes: dict) -> Path:
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps(tiny_classes))
+    return path
+
+
+def test_seeds_from_two_folders(tmp_path: Path, classes: Path) -> None:
+    a = _folder(tmp_path / "a", "drvA", range(2))
+    b = _folder(tmp_path / "b", "drvB", range(2, 4))
+    report = _train(
+        tmp_path,
+        classes,
+        "model",
+        images=[str(a / "images"), str(b / "images")],
+        labels=[str(a / "labels"), str(b / "labels")],
+        seeds=["drvA_0000", "drvB_0003"],
+    )
+    got = {s["stem"]: s["label_sha256"] for s in report["seeds"]}
+    assert set(got) == {"drvA_0000", "drvB_0003"}
+    # each stem's label came from the label folder paired with its image folder
+    from lamflow.storage import sha256_bytes
+
+    assert got["drvB_0003"] == sha256_bytes((b / "labels" / "drvB_0003.png").read_bytes())
+    with pytest.raises(LamflowError, match="2 seed image folders but 3 label folders"):
+        _train(
+            tmp_path,
+            classes,
+            "bad",
+            images=[str(a / "images"), str(b / "images")],
+            labels=[str(a / "labels")] * 3,
+            seeds=["drvA_0000"],
+        )
+
+
+def test_seed_set_directory(tmp_path: Path, classes: Path, tiny_classes: dict) -> None:
+    from lam.classes import ClassList
+    from tasks.seed_set import add_seed
+
+    seeds = tmp_path / "seeds"
+    for i in range(3):
+        image, label = make_scene(10 + i)
+        path = tmp_path / f"f{i}.png"
+        Image.fromarray(image).save(path)
+        add_seed(
+            str(seeds),
+            f"drvS_{i:04d}",
+            path.read_bytes(),
+            "png",
+            label,
+            ClassList.from_json(tiny_classes),
+            {"source": "test"},
+        )
+    extra = _folder(tmp_path / "x", "drvX", range(1))
+    report = _train(
+        tmp_path,
+        classes,
+        "model",
+        images=str(extra / "images"),
+        labels=str(extra / "labels"),
+        seeds=["drvX_0000", "drvS_0001"],  # drvS_0001 is in the set: taken from there once
+        seed_set=str(seeds),
+    )
+    assert [s["stem"] for s in report["seeds"]] == [
+        "drvS_0000",
+        "drvS_0001",
+        "drvS_0002",
+        "drvX_0000",
+    ]
+    empty = tmp_path / "empty"
+    (empty / "provenance").mkdir(parents=True)
+    with pytest.raises(LamflowError, match="holds no seed"):
+        _train(tmp_path, classes, "m2", images="", labels="", seeds=[], seed_set=str(empty))
+    with pytest.raises(LamflowError, match="no seed frames given"):
+        _train(tmp_path, classes, "m3", images=str(extra / "images"), labels="", seeds=[])
+
+
+def test_unlabeled_frames_are_used_and_their_labels_never_read(
+    tmp_path: Path, classes: Path
+) -> None:
+    seeds = _folder(tmp_path / "seeds", "drvA", range(2))
+    drop = _folder(tmp_path / "drop", "drvB", range(20, 26))
+    common = {
+        "images": str(seeds / "images"),
+        "labels": str(seeds / "labels"),
+        "seeds": ["drvA_0000", "drvA_0001"],
+        "model": ModelParams(),
+    }
+    plain = _train(tmp_path, classes, "plain", **common)
+    # the default method (chosen on the folds) does not read them at all
+    unused = _train(tmp_path, classes, "none", unlabeled=[str(drop / "images")], **common)
+    assert unused["unlabeled"]["method"] == "none" and unused["unlabeled"]["frames"] == []
+    assert unused["model_version"] == plain["model_version"]
+    common["settings"] = SELF_TRAIN
+    plain = _train(tmp_path, classes, "plain2", **common)
+    with_drop = _train(tmp_path, classes, "drop1", unlabeled=[str(drop / "images")], **common)
+    assert [f["stem"] for f in with_drop["unlabeled"]["frames"]] == [
+        f"drvB_{i:04d}" for i in range(20, 26)
+    ]
+    # the drop's frames change the model: the unlabeled path is not a no-op
+    assert with_drop["model_version"] != plain["model_version"]
+    # labels beside the drop's frames: deleted, then replaced by garbage -> the same model
+    shutil.rmtree(drop / "labels")
+    gone = _train(tmp_path, classes, "drop2", unlabeled=[str(drop / "images")], **common)
+    (drop / "labels").mkdir()
+    for i in range(20, 26):
+        noise = np.random.default_rng(i).integers(0, 255, (64, 96), dtype=np.uint8)
+        Image.fromarray(noise).save(drop / "labels" / f"drvB_{i:04d}.png")
+    garbage = _train(tmp_path, classes, "drop3", unlabeled=[str(drop / "images")], **common)
+    assert with_drop["model_version"] == gone["model_version"] == garbage["model_version"]
+    weights = [(tmp_path / m / "head.safetensors").read_bytes() for m in ("drop1", "drop3")]
+    assert weights[0] == weights[1]
+
+
+def test_unlabeled_frames_are_capped_evenly(tmp_path: Path) -> None:
+    from tasks._frames import load_unlabeled_frames
+
+    a = _folder(tmp_path / "a", "drvA", range(10), labels=False)
+    b = _folder(tmp_path / "b", "drvB", range(30), labels=False)
+    frames, records = load_unlabeled_frames(
+        [str(a / "images"), str(b / "images")], 8, exclude={"drvB_0000"}
+    )
+    stems = [r["stem"] for r in records]
+    assert len(frames) == len(records) == 8
+    assert sum(s.startswith("drvA") for s in stems) == 2  # 10 of 39 frames -> 2 of 8
+    assert "drvB_0000" not in stems and stems[-1] == "drvB_0029"
+    assert frames[0].shape == (64, 96, 3) and frames[0].dtype == np.uint8
