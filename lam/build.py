@@ -6,8 +6,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.modeling.adapter import SemanticClassAdapter
@@ -115,20 +113,84 @@ def build_timm_backbone(
     kwargs: dict[str, Any] = dict(model_kwargs or {})
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
-    try:
-        model = timm.create_model(model_name, pretrained=False, features_only=True, **kwargs)
-    except RuntimeError as exc:
-        raise LamflowError(f"timm cannot build {model_name!r}: {exc}") from exc
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        missing, _ = model.load_state_dict(state, strict=False)
-        if len(missing) == len(model.state_dict()):
-            raise LamflowError(f"checkpoint {checkpoint} shares no tensor with timm {model_name}")
+        _check_timm_checkpoint(model_name, checkpoint, dict(model_kwargs or {}))
+        # timm's own pretrained path: the checkpoint is loaded (strictly, through the model's
+        # checkpoint filter) into the plain model before the feature wrapper renames modules
+        # (ConvNeXt `stages.0` -> `stages_0`). Loading into the wrapper with strict=False would
+        # match only the stem and silently leave every later stage random.
+        kwargs["pretrained_cfg_overlay"] = {
+            **(pretrained_cfg_overlay or {}),
+            "file": checkpoint,
+            "source": "",  # never the hub or a URL: only this local file
+            "hf_hub_id": None,
+            "url": "",
+        }
+    elif pretrained_cfg_overlay:
+        kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
+    try:
+        model = timm.create_model(
+            model_name, pretrained=bool(checkpoint), features_only=True, **kwargs
+        )
+    except FileNotFoundError as exc:
+        raise LamflowError(f"timm checkpoint {checkpoint!r} not found") from exc
+    except RuntimeError as exc:
+        # load_state_dict(strict=True) names every missing and unexpected key
+        raise LamflowError(
+            f"timm cannot build {model_name!r}"
+            + (f" from checkpoint {checkpoint}" if checkpoint else "")
+            + f": {exc}"
+        ) from exc
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = tuple(255.0 * m for m in cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(255.0 * s for s in cfg.get("std", (0.229, 0.224, 0.225)))
     return TimmFeaturesBackbone(model.eval(), mean, std)
+
+
+def _check_timm_checkpoint(model_name: str, checkpoint: str, model_kwargs: dict) -> None:
+    """LamflowError unless `checkpoint` fills every tensor of timm `model_name` (the classifier
+    aside). timm's features_only path loads pretrained weights non-strictly (it drops the
+    classifier), so a checkpoint of another architecture or a truncated one would load in part
+    and leave the rest random without a word; this names the missing and unexpected keys."""
+    import importlib
+
+    import timm
+    from timm.models import load_state_dict
+
+    try:
+        plain = timm.create_model(model_name, pretrained=False, num_classes=0, **model_kwargs)
+        state = load_state_dict(checkpoint)
+    except FileNotFoundError as exc:
+        raise LamflowError(f"timm checkpoint {checkpoint!r} not found") from exc
+    except (RuntimeError, ValueError) as exc:
+        raise LamflowError(f"timm cannot build {model_name!r} or read {checkpoint}: {exc}") from exc
+    filter_fn = getattr(
+        importlib.import_module(type(plain).__module__), "checkpoint_filter_fn", None
+    )
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, plain)
+        except (KeyError, RuntimeError, ValueError) as exc:  # another architecture's keys
+            raise LamflowError(
+                f"checkpoint {checkpoint} does not fit timm {model_name!r}: its filter failed "
+                f"on {type(exc).__name__}: {exc}"
+            ) from exc
+    cfg: dict[str, Any] = dict(getattr(plain, "pretrained_cfg", None) or {})
+    classifier = cfg.get("classifier") or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads)}
+    try:
+        missing, unexpected = plain.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, other shapes
+        raise LamflowError(
+            f"checkpoint {checkpoint} does not fit timm {model_name!r}: {exc}"
+        ) from exc
+    if missing or unexpected:
+        raise LamflowError(
+            f"checkpoint {checkpoint} does not fit timm {model_name!r}: "
+            f"{len(missing)} missing key(s) {missing[:8]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:8]}"
+        )
 
 
 def build_transformers_backbone(

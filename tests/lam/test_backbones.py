@@ -148,3 +148,36 @@ def test_inference_backbone_matches_the_timm_forward(size: tuple[int, int]):
     # The original module is untouched (its state dict still loads into a fresh backbone).
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     build_backbone("efficientnet_lite0").load_state_dict(backbone.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("model_name", "late_key", "wrapped_key"),
+    [
+        ("resnet18", "layer4.1.conv2.weight", "layer4.1.conv2.weight"),
+        ("convnext_atto", "stages.3.blocks.1.conv_dw.weight", "stages_3.blocks.1.conv_dw.weight"),
+    ],
+)
+def test_timm_checkpoints_load_whole_or_fail_naming_keys(
+    model_name: str, late_key: str, wrapped_key: str, tmp_path: Path
+):
+    """timm's feature wrappers rename modules (ConvNeXt `stages.3` -> `stages_3`): a checkpoint
+    must still fill the last stage, and a checkpoint that cannot must fail, naming the keys."""
+    import timm
+
+    state = timm.create_model(model_name, pretrained=False, num_classes=7).state_dict()
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": state}, good)
+    backbone = build_backbone("timm", {"model_name": model_name, "checkpoint": str(good)})
+    loaded = dict(backbone.named_parameters())
+    name = next(n for n in loaded if n.endswith(wrapped_key))
+    assert torch.equal(loaded[name], state[late_key])
+    stage = late_key.rsplit(".", 3)[0].rsplit(".", 1)[0]  # layer4 / stages.3
+    truncated = tmp_path / "truncated.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith(stage)}, truncated)
+    with pytest.raises(LamflowError, match=rf"missing key\(s\) \['{stage}"):
+        build_backbone("timm", {"model_name": model_name, "checkpoint": str(truncated)})
+    other = "convnext_atto" if model_name == "resnet18" else "resnet18"
+    with pytest.raises(LamflowError, match=f"does not fit timm '{other}'"):
+        build_backbone("timm", {"model_name": other, "checkpoint": str(good)})
+    with pytest.raises(LamflowError, match="not found"):
+        build_backbone("timm", {"model_name": model_name, "checkpoint": str(tmp_path / "no.pth")})
