@@ -165,13 +165,23 @@ def run_case(case: dict[str, Any], camvid: Path, params: Any, scratch: Path) -> 
         "seeds": len(case["seeds"]),
         "scored": scores["n_images"],
         "miou": round(scores["miou"], 2),
-        "per_class": {k: round(v["iou"], 1) for k, v in scores["per_class"].items()},
+        # None: a class absent from both the frames and the prediction (no evidence)
+        "per_class": {
+            k: None if v["iou"] is None else round(v["iou"], 1)
+            for k, v in scores["per_class"].items()
+        },
         "train_s": round(train_s, 1),
         "annotate_fps": round(summary.labeled / max(summary.seconds, 1e-9), 1),
         "unlabeled_frames": len(report["unlabeled"]["frames"]),
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the defined values (None where a class had no evidence), or None."""
+    defined = [v for v in values if v is not None]
+    return round(float(np.mean(defined)), 1) if defined else None
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -192,10 +202,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "miou_mean": round(float(np.mean(m)), 2),
                 "miou_std": round(float(np.std(m)), 2),
                 "per_target": {r["target"]: r["miou"] for r in folds},
-                "per_class": {
-                    c: round(float(np.nanmean([r["per_class"][c] for r in folds])), 1)
-                    for c in classes
-                },
+                "per_class": {c: _mean([r["per_class"][c] for r in folds]) for c in classes},
                 "train_s": round(float(np.mean([r["train_s"] for r in folds])), 1),
             }
         if vals:
@@ -221,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (camvid / "classes.json").is_file():
         print(f"error: no CamVid at {camvid} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
         return 2
-    bad = [c for c in args.counts if c != "all" and not c.isdigit()]
+    bad = [c for c in args.counts if c != "all" and not (c.isdigit() and int(c) >= 1)]
     if bad:
-        print(f"error: --counts takes numbers or 'all', got {bad}", file=sys.stderr)
+        print(f"error: --counts takes numbers >= 1 or 'all', got {bad}", file=sys.stderr)
         return 2
     params = load_params(args.params, args.set)
     todo = [

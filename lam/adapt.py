@@ -119,6 +119,7 @@ def adapt_to_frames(
     frames: Sequence[np.ndarray],
     ignore_index: int,
     settings: AdaptSettings | None = None,
+    seed_views: Sequence[View] | None = None,
 ) -> AdaptReport:
     """Self-train `model` (already trained on the seeds) on unlabelled `frames` of a drop.
 
@@ -128,6 +129,9 @@ def adapt_to_frames(
         frames: unlabelled frames of the drop, (H, W, 3) uint8; only their pixels are used.
         ignore_index: void id.
         settings: hyperparameters.
+        seed_views: the seeds' views as `lam.train.build_views` made them for the seed fit
+            (with settings.train's scales/flip and any per-pixel weights); built from
+            seed_images/seed_labels, unweighted, when None.
     Returns:
         AdaptReport with the wall time of the whole step (labelling + refit).
     """
@@ -143,8 +147,9 @@ def adapt_to_frames(
     blank = [np.full(f.shape[:2], ignore_index, dtype=np.uint8) for f in chosen]
     frame_views = build_views(model, chosen, blank)
     ts = settings.train
-    seed_views = build_views(model, seed_images, seed_labels, ts.scales, ts.hflip)
-    views = seed_views + frame_views
+    if seed_views is None:
+        seed_views = build_views(model, seed_images, seed_labels, ts.scales, ts.hflip)
+    views = list(seed_views) + frame_views
     weights = [1.0] * len(seed_views) + [settings.pseudo_weight] * len(frame_views)
     per_view = [ts.pixels_per_view] * len(seed_views) + [settings.pixels_per_frame] * len(
         frame_views

@@ -398,7 +398,8 @@ def train_head(
             confidence, so a pixel the backend was unsure of teaches less; weight 0 = unlabelled.
         unlabeled: frames (H, W, 3) uint8 of the drives the model will label; only their
             pixels exist here. Used by `settings.unlabeled_method` "self_train" (pseudo-labels
-            of the seed-trained head, refit, interpolation: lam.adapt); ignored by "none".
+            of the seed-trained head on every one of them, refit, interpolation: lam.adapt);
+            ignored by "none". The caller decides how many (tasks.train: unlabeled_frames).
     """
     settings = settings or TrainSettings()
     if settings.unlabeled_method not in UNLABELED_METHODS:
@@ -413,7 +414,13 @@ def train_head(
         from lam.adapt import AdaptSettings, adapt_to_frames  # lam.adapt builds on this module
 
         adapted = adapt_to_frames(
-            model, images, labels, unlabeled, ignore_index, AdaptSettings(train=settings)
+            model,
+            images,
+            labels,
+            unlabeled,
+            ignore_index,
+            AdaptSettings(max_frames=len(unlabeled), train=settings),
+            seed_views=views,  # already extracted, with the seeds' per-pixel weights
         )
         losses += adapted.train.losses
     return TrainReport(

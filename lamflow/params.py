@@ -81,8 +81,9 @@ class TrainParams(_Section):
     optou_lr: float = Field(default=_TRAIN.optou_lr, gt=0)
     # `train --unlabeled` frames: none (not read) | self_train (lam.adapt inside train)
     unlabeled_method: Literal["none", "self_train"] = _TRAIN.unlabeled_method  # type: ignore[assignment]
-    # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read
-    unlabeled_frames: int = Field(default=200, ge=0)
+    # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read.
+    # 48 = what self_train was measured with on the folds (lam.adapt's max_frames)
+    unlabeled_frames: int = Field(default=48, ge=0)
 
 
 class AdaptParams(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
 
@@ -24,6 +25,7 @@ from lamflow.storage import (
     write_bytes_atomic,
 )
 
+log = logging.getLogger(__name__)
 _MODEL_CACHE: dict[tuple[str, str], tuple[LabelAnythingModel, LamConfig]] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -117,7 +119,15 @@ def load_seed_frames(
     folders = [(dict(list_images(im)), lb) for im, lb in _seed_folders(images, labels)]
     seed_images, seed_labels, provenance = [], [], []
     for stem in stems:
-        found = next(((fr[stem], lb) for fr, lb in folders if stem in fr), None)
+        holders = [(fr[stem], lb) for fr, lb in folders if stem in fr]
+        if len(holders) > 1:
+            log.warning(
+                "seed %s is in %d image folders; taken from %s",
+                stem,
+                len(holders),
+                holders[0][0],
+            )
+        found = holders[0] if holders else None
         if found is None:
             near = ", ".join(sorted(s for fr, _ in folders for s in fr)[:5])
             where = images if isinstance(images, str) else ", ".join(images)
@@ -147,28 +157,61 @@ def load_seed_frames(
     return seed_images, seed_labels, provenance
 
 
-def load_unlabeled_frames(
-    folders: list[str], max_frames: int, exclude: set[str] | None = None, progress: bool = False
-) -> tuple[list[np.ndarray], list[dict[str, str]]]:
-    """Frames (H, W, 3) uint8 of the folders `folders`, never a label: only the frame files
-    each folder lists are read (a labels/ folder beside them is never opened).
+def pick_unlabeled(
+    folders: list[str], max_frames: int, exclude: set[str] | None = None
+) -> list[tuple[str, str]]:
+    """(stem, URL) of at most `max_frames` frames of `folders` (0 = all), never a label.
 
-    At most `max_frames` in all (0 = every frame), evenly spaced over each folder's frames in
-    name (time) order and shared between the folders in proportion to their size; stems in
-    `exclude` (the seeds) are left out. Returns the frames and [{stem, sha256}] in order.
+    Evenly spaced over each folder's frames in name (time) order, shared between the folders
+    in proportion to their size; stems in `exclude` (the seeds) are left out. LamflowError,
+    naming the folders, when none is left.
     """
     listed = [
         [(stem, url) for stem, url in list_images(f) if stem not in (exclude or set())]
         for f in folders
     ]
     total = sum(len(items) for items in listed)
-    picked: list[tuple[str, str]] = []
-    for items in listed:
-        share = len(items) if max_frames <= 0 else max(1, round(max_frames * len(items) / total))
-        picked += evenly_spaced(items, share) if items else []
-    frames, records = [], []
+    if total == 0:
+        raise LamflowError(
+            f"no unlabeled frames (.jpg/.png) in {', '.join(folders) or 'no folder'}"
+            + (" once the seeds are left out" if exclude else "")
+        )
+    if max_frames <= 0 or total <= max_frames:
+        return [item for items in listed for item in items]
+    # largest-remainder shares: they add up to exactly max_frames
+    exact = [max_frames * len(items) / total for items in listed]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])[
+        : max_frames - sum(shares)
+    ]:
+        shares[i] += 1
+    return [item for items, n in zip(listed, shares) for item in evenly_spaced(items, n) if n]
+
+
+def load_unlabeled_frames(
+    folders: list[str], max_frames: int, exclude: set[str] | None = None, progress: bool = False
+) -> tuple[list[np.ndarray], list[dict[str, str]], list[str]]:
+    """Decoded frames (H, W, 3) uint8 of `pick_unlabeled(folders, max_frames, exclude)`.
+
+    Only the frame files each folder lists are read (a labels/ folder beside them is never
+    opened). A frame whose bytes cannot be decoded is skipped and named in the third list; a
+    read error raises (storage faults are retried, never taken for bad data). Returns the
+    frames, [{stem, sha256}] of those frames, and the skipped stems.
+    """
+    picked = pick_unlabeled(folders, max_frames, exclude)
+    frames, records, skipped = [], [], []
     for stem, url in tqdm(picked, desc="unlabeled frames", disable=not progress, leave=False):
         data = read_bytes(url)
-        frames.append(decode_image(data, url))
+        try:
+            frames.append(decode_image(data, url))
+        except LamflowError as exc:
+            log.warning("unlabeled frame %s cannot be decoded, skipped: %s", url, exc)
+            skipped.append(stem)
+            continue
         records.append({"stem": stem, "sha256": sha256_bytes(data)})
-    return frames, records
+    if not frames:
+        raise LamflowError(
+            f"none of the {len(picked)} unlabeled frames picked from {', '.join(folders)} "
+            "could be decoded"
+        )
+    return frames, records, skipped

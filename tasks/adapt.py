@@ -17,15 +17,13 @@ from typing import Any
 
 import numpy as np
 from prefect import task
-from tqdm import tqdm
 
 from lam.adapt import AdaptSettings, adapt_to_frames
 from lam.errors import LamflowError
-from lam.imageio import decode_image
 from lam.train import TrainSettings
 from lamflow.params import AdaptParams
-from lamflow.storage import join, list_images, read_bytes, read_text, write_text_atomic
-from tasks._frames import load_model, load_seed_frames, save_model
+from lamflow.storage import join, read_text, write_text_atomic
+from tasks._frames import load_model, load_seed_frames, load_unlabeled_frames, save_model
 from tasks.train import TRAIN_REPORT
 
 log = logging.getLogger(__name__)
@@ -48,24 +46,11 @@ def _drop_frames(
 ) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Up to `max_frames` evenly spaced frames of `images` (seeds excluded), decoded.
 
-    Returns (frames, their stems, stems skipped as unreadable). Frames not picked are not read.
+    Returns (frames, their stems, stems skipped as undecodable). Frames not picked are not read;
+    a read error raises (tasks._frames.load_unlabeled_frames, shared with `train --unlabeled`).
     """
-    listed = [(s, u) for s, u in list_images(images) if s not in exclude]
-    if not listed:
-        raise LamflowError(f"no frames (.jpg/.png) to adapt to in {images} (seeds excluded)")
-    pick = np.unique(np.linspace(0, len(listed) - 1, min(max_frames, len(listed))).round())
-    frames, stems, skipped = [], [], []
-    for i in tqdm(pick, desc="read drop", unit="frame", disable=not progress, leave=False):
-        stem, url = listed[int(i)]
-        try:
-            frames.append(decode_image(read_bytes(url), url))
-            stems.append(stem)
-        except (LamflowError, OSError) as exc:
-            log.warning("adapt: skipping unreadable frame %s: %s", url, exc)
-            skipped.append(stem)
-    if not frames:
-        raise LamflowError(f"none of the {len(pick)} frames picked from {images} could be read")
-    return frames, stems, skipped
+    frames, records, skipped = load_unlabeled_frames([images], max_frames, exclude, progress)
+    return frames, [r["stem"] for r in records], skipped
 
 
 def adapt(

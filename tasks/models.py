@@ -16,8 +16,8 @@ from prefect import task
 
 from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
-from lamflow.storage import exists, join, list_images, read_bytes, sha256_bytes
-from tasks._frames import load_classes
+from lamflow.storage import exists, join, read_bytes, sha256_bytes
+from tasks._frames import load_classes, pick_unlabeled
 from tasks.seed_set import (
     BOOTSTRAP_MARKER,
     bootstrap_from_zero_shot,
@@ -68,7 +68,7 @@ def ensure_seed_set(root: str, params: Params, progress: bool = False) -> str:
 
 
 def seed_key(
-    fingerprint: list[list[str]], params: Params, unlabeled: list[str] | None = None
+    fingerprint: list[list[str]], params: Params, unlabeled: list[list[str]] | None = None
 ) -> str:
     """16 hex digits identifying the model a seed set (its `seed_set_fingerprint`) and params
     would train.
@@ -81,28 +81,26 @@ def seed_key(
     parts: list[Any] = [sha256_bytes(read_bytes(src["classes"]))]
     parts.append(fingerprint)
     parts.append(params.model.model_dump(mode="json"))
-    parts.append(params.train.model_dump(mode="json", exclude={"seeds"}))
-    if unlabeled:  # only when train reads them (`_unlabeled_key`): old keys stay valid
+    train = params.train.model_dump(mode="json", exclude={"seeds"})
+    if params.train.unlabeled_method == "none":  # then they change nothing: keep keys stable
+        train.pop("unlabeled_frames")
+    parts.append(train)
+    if unlabeled:  # [stem, sha256] of the unlabeled frames train reads (`_unlabeled_key`)
         parts.append(unlabeled)
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())[:16]
 
 
-def _unlabeled_key(unlabeled: list[str], params: Params) -> list[str]:
-    """What a model learns from its unlabeled folders: the sha256 of each one's frame list
-    (stem + bytes hash, from ingest.json when the folder is a drop's, else from the files).
-    Empty when `train.unlabeled_method` is none: then they are not read and the model, its
-    key and its relabels stay the same whatever drops arrive."""
-    if params.train.unlabeled_method == "none":
+def _unlabeled_key(unlabeled: list[str], params: Params, seeds: set[str]) -> list[list[str]]:
+    """What a model learns from its unlabeled folders: [stem, sha256] of the frames `train`
+    will pick from them (`pick_unlabeled`, the same rule), hashed from their bytes.
+
+    Empty when `train.unlabeled_method` is none: then they are not read, and the model, its
+    key and the relabels it causes stay the same whatever drops arrive.
+    """
+    if params.train.unlabeled_method == "none" or not unlabeled:
         return []
-    keys = []
-    for folder in unlabeled:
-        manifest = join(folder.rstrip("/").rsplit("/", 1)[0], "ingest.json")
-        if folder.rstrip("/").endswith("/images") and exists(manifest):
-            keys.append(sha256_bytes(read_bytes(manifest)))
-        else:
-            listing = [[stem, sha256_bytes(read_bytes(url))] for stem, url in list_images(folder)]
-            keys.append(sha256_bytes(json.dumps(listing).encode()))
-    return keys
+    picked = pick_unlabeled(unlabeled, params.train.unlabeled_frames, exclude=seeds)
+    return [[stem, sha256_bytes(read_bytes(url))] for stem, url in picked]
 
 
 def ensure_model(
@@ -120,7 +118,7 @@ def ensure_model(
     seeds = ensure_seed_set(root, params, progress)
     fingerprint = seed_set_fingerprint(seeds)
     unlabeled = list(unlabeled or [])
-    drops = _unlabeled_key(unlabeled, params)
+    drops = _unlabeled_key(unlabeled, params, {stem for stem, _, _ in fingerprint})
     url = join(root, "models", seed_key(fingerprint, params, drops))
     trained = False
     stems = [stem for stem, _, _ in fingerprint]

@@ -95,13 +95,14 @@ def train(
     )
     unlabeled_frames: list[np.ndarray] = []
     unlabeled_records: list[dict[str, str]] = []
+    undecodable: list[str] = []
     if unlabeled and settings.unlabeled_method == "none":
         log.info(
             "train.unlabeled_method is none: the %d unlabeled folder(s) are not read",
             len(unlabeled),
         )
     elif unlabeled:
-        unlabeled_frames, unlabeled_records = load_unlabeled_frames(
+        unlabeled_frames, unlabeled_records, undecodable = load_unlabeled_frames(
             list(unlabeled),
             settings.unlabeled_frames,
             exclude={str(p["stem"]) for p in provenance},
@@ -155,6 +156,7 @@ def train(
             "folders": list(unlabeled or []),
             "method": settings.unlabeled_method,
             "frames": unlabeled_records,
+            "undecodable": undecodable,
         },
         "seconds": round(time.perf_counter() - started, 2),
         "views": report.views,

@@ -104,9 +104,6 @@ def _train(args: argparse.Namespace) -> int:
     from tasks.train import train
 
     params = load_params(args.params, args.set)
-    if args.seeds and not args.images:
-        print("lamflow: error: --seeds needs --images (and --labels)", file=sys.stderr)
-        return 2
     summary = train(
         args.images,
         args.labels,

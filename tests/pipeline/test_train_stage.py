@@ -155,11 +155,89 @@ def test_unlabeled_frames_are_capped_evenly(tmp_path: Path) -> None:
 
     a = _folder(tmp_path / "a", "drvA", range(10), labels=False)
     b = _folder(tmp_path / "b", "drvB", range(30), labels=False)
-    frames, records = load_unlabeled_frames(
-        [str(a / "images"), str(b / "images")], 8, exclude={"drvB_0000"}
+    (b / "images" / "drvB_0029.png").write_bytes(b"not a png")  # undecodable: skipped, named
+    frames, records, skipped = load_unlabeled_frames(
+        [str(a / "images"), str(b / "images")], 9, exclude={"drvB_0000"}
     )
+    assert skipped == ["drvB_0029"]
     stems = [r["stem"] for r in records]
-    assert len(frames) == len(records) == 8
-    assert sum(s.startswith("drvA") for s in stems) == 2  # 10 of 39 frames -> 2 of 8
-    assert "drvB_0000" not in stems and stems[-1] == "drvB_0029"
+    assert len(frames) == len(records) == 8  # 9 picked (never more), one undecodable
+    assert sum(s.startswith("drvA") for s in stems) == 2  # 10 of 39 frames -> 2.3 of 9
+    assert "drvB_0000" not in stems and stems[-1] == "drvB_0024"  # 0029 was picked, skipped
     assert frames[0].shape == (64, 96, 3) and frames[0].dtype == np.uint8
+
+
+def test_camvid_seeds_plus_an_unlabeled_drop_end_to_end(camvid: Path, tmp_path: Path) -> None:
+    """Real weights, real frames, few steps: two 0006R0 seeds, four 0016E5 val frames as the
+    drop (self-training reads their pixels only), then annotate and score two other frames."""
+    from tasks.annotate import annotate
+    from tasks.evaluate import evaluate
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    val = sorted((camvid / "val" / "images").glob("*.jpg"))
+    for frame in val[:80:20]:
+        (drop / frame.name).symlink_to(frame)
+    settings = TrainParams(
+        iterations=10,
+        scales=[1.0],
+        hflip=False,
+        pixels_per_view=2000,
+        optou_iterations=2,
+        unlabeled_method="self_train",
+    )
+    report = train(
+        str(camvid / "train" / "images"),
+        str(camvid / "train" / "labels"),
+        str(camvid / "classes.json"),
+        ["0006R0_f01110", "0006R0_f02400"],
+        str(tmp_path / "model"),
+        settings=settings,
+        progress=False,
+        unlabeled=[str(drop)],
+    )
+    assert len(report["unlabeled"]["frames"]) == 4 and report["seconds"] > 0
+    scored = [p.stem for p in val[90:92]]
+    annotate(
+        str(tmp_path / "model"),
+        str(camvid / "val" / "images"),
+        str(tmp_path / "pred"),
+        stems=scored,
+        progress=False,
+    )
+    scores = evaluate(
+        str(tmp_path / "pred"), str(camvid / "val" / "labels"), str(camvid / "classes.json")
+    )
+    assert scores["n_images"] == 2
+    # road and sky are easy from two seeds of another drive; a broken path scores near 0
+    assert scores["per_class"]["road"]["iou"] > 50 and scores["per_class"]["sky"]["iou"] > 50
+
+
+def test_unlabeled_folders_enter_the_model_key_only_when_read(tmp_path: Path) -> None:
+    """unlabeled_method none: new drops change nothing (no retrain, no relabel); self_train:
+    the frames' bytes are part of the model's key."""
+    from lamflow.params import Params
+    from tasks.models import seed_key
+
+    drop = _folder(tmp_path / "drop", "drvB", range(4), labels=False)
+    other = _folder(tmp_path / "other", "drvC", range(4, 8), labels=False)
+    fingerprint = [["drvA_0000", "a" * 64, "b" * 64]]
+    none = Params()
+    keys = {seed_key(fingerprint, none, _key(none, [str(d / "images")])) for d in (drop, other)}
+    assert len(keys) == 1 and keys == {seed_key(fingerprint, none)}
+    st = Params(train=TrainParams(unlabeled_method="self_train"))
+    first = seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
+    assert first != seed_key(fingerprint, st, _key(st, [str(other / "images")]))
+    image, _ = make_scene(99)
+    Image.fromarray(image).save(drop / "images" / "drvB_0001.png")  # a frame's bytes change
+    assert first != seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LamflowError, match=f"no unlabeled frames .* in {empty}"):
+        _key(st, [str(empty)])
+
+
+def _key(params, folders: list[str]) -> list[list[str]]:
+    from tasks.models import _unlabeled_key
+
+    return _unlabeled_key(folders, params, set())
