@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,24 +23,8 @@ from torch.nn import functional as F
 
 from lam.errors import LamflowError
 from lam.modeling.lam import LabelAnythingModel
-from lam.train import TrainReport, TrainSettings, View, build_views, fit_head_on_views
-
-
-@dataclass
-class AdaptSettings:
-    """Hyperparameters of self-training on a drop's unlabelled frames."""
-
-    # Defaults chosen on bench/quality's 5-seed protocol over three seed draws (mean mIoU:
-    # seeds only 45.09; 1 round / 24 frames / keep 0.5 45.72; 2 rounds / 48 / 0.3 45.89, and
-    # 46.64 with the head interpolated half-way back to the seed-only head).
-    max_frames: int = 48  # frames of the drop used (evenly spaced); the rest are not read
-    keep_fraction: float = 0.3  # per predicted class, keep this most-confident fraction
-    min_confidence: float = 0.5  # and never a pixel whose max softmax is below this
-    pseudo_weight: float = 0.5  # weight of a pseudo-labelled pixel relative to a seed pixel
-    pixels_per_frame: int = 2000
-    rounds: int = 2  # label -> refit rounds (each round relabels with the refitted head)
-    interpolate: float = 0.5  # final head = this * adapted + (1 - this) * seed-only head
-    train: TrainSettings = field(default_factory=TrainSettings)
+from lam.settings import AdaptSettings
+from lam.train import TrainReport, View, build_views, fit_head_on_views
 
 
 @dataclass

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.modeling.adapter import SemanticClassAdapter
 from lam.modeling.backbone import (
@@ -18,6 +15,7 @@ from lam.modeling.backbone import (
 from lam.modeling.lam import LabelAnythingModel
 from lam.modeling.optou import OptOU
 from lam.registry import Registry
+from lam.settings import LamConfig
 
 BACKBONES = Registry("backbone")
 BACKBONES.register(
@@ -39,52 +37,6 @@ BACKBONES.register("timm", "lam.build:build_timm_backbone", "pip install timm")
 BACKBONES.register(
     "transformers", "lam.build:build_transformers_backbone", "pip install transformers"
 )
-
-
-@dataclass
-class LamConfig:
-    """Everything needed to rebuild an annotator (saved as `config.json` in the model directory).
-
-    backbone_options by backbone:
-      efficientnet_liteN: tap_blocks (list[int]), include_head (bool)
-      timm: model_name (str), checkpoint (local file path or null), out_indices (list[int] | null)
-      transformers: path (local directory with config + weights), layers (list[int])
-    """
-
-    classes: dict[str, Any]
-    backbone: str = "efficientnet_lite0"
-    backbone_options: dict[str, Any] = field(default_factory=dict)
-    out_stride: int = 4
-    # Hidden ReLU units of the adapter; 0 = linear. Linear beat 128 hidden units on
-    # bench/quality (5 seeds 41.65 vs 40.14 mIoU) and resizes 11 maps per tap, not 128.
-    adapter_hidden: int = 0
-    adapter_relu: bool = False
-    adapter_pos_bumps: int = 0  # Gaussian bumps of the row coordinate fed to the adapter
-    use_prototypes: bool = False
-    # Unrolled OptOU steps. On bench/quality with the linear adapter 0, 1 and 3 steps score
-    # 41.79, 41.89, 41.64 mIoU (5 seeds) and 1 step 33.37 vs 3 steps 33.98 (1 seed); each
-    # step costs about 1.5 ms a frame on 2 cores, so one step is the default.
-    optou_steps: int = 1
-    optou_radius: int = 1
-    optou_dilation: int = 2
-    optou_sigma: float = 0.1
-    version: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def class_list(self) -> ClassList:
-        return ClassList.from_json(self.classes)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LamConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LamflowError(f"model config has unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 def build_efficientnet_lite(

@@ -25,37 +25,7 @@ from torch.nn import functional as F
 from lam.errors import LamflowError
 from lam.modeling.adapter import pixel_features
 from lam.modeling.lam import LabelAnythingModel
-
-
-@dataclass
-class TrainSettings:
-    """Hyperparameters of seed training (all have working defaults)."""
-
-    iterations: int = 60  # L-BFGS iterations of the adapter fit (Adam steps if optimizer="adam")
-    lr: float = 0.01  # Adam only
-    weight_decay: float = 1e-4  # L2 penalty on adapter weights, per sampled pixel
-    batch_views: int = 4  # views per OptOU step
-    scales: tuple[float, ...] = (0.75, 1.0, 1.25)
-    hflip: bool = True
-    # weight_c = (median_freq / freq_c) ** power; 0 = unweighted. Chosen on the cross-drive
-    # folds of bench/quality.py (6 other-drive seeds / + 4 same-drive frames, mean of the 3
-    # target drives): 0.25 -> 39.95 / 46.05, 0.5 -> 41.36 / 47.19, 0.75 -> 41.71 / 46.82,
-    # 1.0 -> 41.04 / 45.39 mIoU. Full weight floods thin classes (pole precision 6-11%).
-    class_balance_power: float = 0.5
-    seed: int = 0
-    pixels_per_view: int = 8000  # labelled pixels sampled per view for the adapter fit
-    max_pixels: int = 120000  # cap on all sampled pixels (per-view budget shrinks to fit)
-    optimizer: str = "lbfgs"  # "lbfgs" or "adam"
-    optou_iterations: int = 20  # Adam steps on OptOU's scalars (0 = keep their init)
-    optou_lr: float = 0.05
-    # What `train_head(unlabeled=...)` does with the target drives' unlabelled frames:
-    # "none" = nothing (their labels are never read either way); "self_train" = lam.adapt's
-    # class-balanced self-training after the seed fit. On the cross-drive folds of
-    # bench/quality.py self-training did not beat "none" (see README), hence the default.
-    unlabeled_method: str = "none"
-
-
-UNLABELED_METHODS = ("none", "self_train")
+from lam.settings import UNLABELED_METHODS, TrainSettings
 
 
 @dataclass

@@ -14,10 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lam.adapt import AdaptSettings
-from lam.build import LamConfig
 from lam.errors import LamflowError
-from lam.train import TrainSettings
+from lam.settings import AdaptSettings, LamConfig, TrainSettings
 
 DEFAULT_CAMVID = "../shared/data/camvid"
 
