@@ -378,9 +378,19 @@ def train_head(
             f"known: {', '.join(UNLABELED_METHODS)}"
         )
     start = time.perf_counter()
+    self_train = (
+        unlabeled is not None and len(unlabeled) and settings.unlabeled_method == "self_train"
+    )
+    seed_progress = progress
+    if progress is not None and self_train:  # one more stage after the seed fit's two
+        outer = progress
+
+        def seed_progress(stage: int, total: int, loss: float) -> None:
+            outer(stage, total + 1, loss)
+
     views = build_views(model, images, labels, settings.scales, settings.hflip, pixel_weights)
-    losses, counts = fit_head_on_views(model, views, ignore_index, settings, progress=progress)
-    if unlabeled is not None and len(unlabeled) and settings.unlabeled_method == "self_train":
+    losses, counts = fit_head_on_views(model, views, ignore_index, settings, progress=seed_progress)
+    if self_train and unlabeled is not None:
         from lam.adapt import AdaptSettings, adapt_to_frames  # lam.adapt builds on this module
 
         adapted = adapt_to_frames(
@@ -393,6 +403,8 @@ def train_head(
             seed_views=views,  # already extracted, with the seeds' per-pixel weights
         )
         losses += adapted.train.losses
+        if progress is not None:
+            progress(3, 3, losses[-1] if losses else float("nan"))
     return TrainReport(
         seconds=time.perf_counter() - start,
         views=len(views),

@@ -103,7 +103,19 @@ def test_unlabeled_method_is_checked_and_self_training_changes_the_head(
     for method in ("none", "self_train"):
         model = build_lam(LamConfig(classes=tiny_classes), backbone=tiny_backbone)
         settings = TrainSettings(**{**FAST.__dict__, "unlabeled_method": method})
-        train_head(model, [image], [label], 255, settings, unlabeled=frames)
+        calls: list[tuple[int, int]] = []
+        train_head(
+            model,
+            [image],
+            [label],
+            255,
+            settings,
+            progress=lambda stage, total, loss: calls.append((stage, total)),
+            unlabeled=frames,
+        )
         heads[method] = model.adapter.bias.detach().clone()
+        # the progress bar counts the self-training stage too, and ends full
+        assert calls[-1] == ((3, 3) if method == "self_train" else (2, 2))
+        assert len({total for _, total in calls}) == 1
     # ("none" giving the seed-only model is checked on the stage: tests/pipeline)
     assert (heads["self_train"] - heads["none"]).abs().max() > 1e-3
