@@ -68,8 +68,37 @@ def far_from(stems: list[str], anchors: list[str]) -> list[str]:
     ]
 
 
+def _curve(
+    split: str,
+    target: str,
+    pool: list[str],
+    same: list[str],
+    scored: list[str],
+    drop: list[str],
+    counts: list[str],
+) -> list[dict[str, Any]]:
+    """The learning curve of one target: every count of `pool` seeds, without and with `same`."""
+    out = []
+    for count in counts:
+        other = pool if count == "all" else evenly(pool, int(count))
+        for with_same in (False, True):
+            out.append(
+                {
+                    "split": split,
+                    "target": target,
+                    "count": count,
+                    "same": with_same,
+                    "seeds": other + (same if with_same else []),
+                    "scored": scored,
+                    "drop": drop,
+                    "drop_split": "val" if split == "val" else "train",
+                }
+            )
+    return out
+
+
 def cases(camvid: Path, counts: list[str], val: bool) -> list[dict[str, Any]]:
-    """Every run: {split, target, count, same, seeds, score_stems, drop (stems, split)}."""
+    """Every run: {split, target, count, same, seeds, scored, drop, drop_split}."""
     train_stems = sorted(p.stem for p in (camvid / "train" / "images").glob("*.jpg"))
     val_stems = sorted(p.stem for p in (camvid / "val" / "images").glob("*.jpg"))
     out = []
@@ -77,41 +106,12 @@ def cases(camvid: Path, counts: list[str], val: bool) -> list[dict[str, Any]]:
         drive = sorted((s for s in train_stems if s.startswith(target)), key=frame_number)
         pool = [s for s in train_stems if not s.startswith(target)]
         same = evenly(drive[: len(drive) // 3], SAME_DRIVE_FRAMES)
-        scored = far_from(drive, same)
-        for count in counts:
-            other = pool if count == "all" else evenly(pool, int(count))
-            for with_same in (False, True):
-                out.append(
-                    {
-                        "split": "folds",
-                        "target": target,
-                        "count": count,
-                        "same": with_same,
-                        "seeds": other + (same if with_same else []),
-                        "scored": scored,
-                        "drop": drive,
-                        "drop_split": "train",
-                    }
-                )
+        out += _curve("folds", target, pool, same, far_from(drive, same), drive, counts)
     if val:
         pool = [s for s in train_stems if not s.startswith(VAL_DRIVE)]
         drive = sorted((s for s in train_stems if s.startswith(VAL_DRIVE)), key=frame_number)
         same = evenly(far_from(drive, val_stems), SAME_DRIVE_FRAMES)
-        for count in counts:
-            other = pool if count == "all" else evenly(pool, int(count))
-            for with_same in (False, True):
-                out.append(
-                    {
-                        "split": "val",
-                        "target": VAL_DRIVE,
-                        "count": count,
-                        "same": with_same,
-                        "seeds": other + (same if with_same else []),
-                        "scored": val_stems,
-                        "drop": val_stems,
-                        "drop_split": "val",
-                    }
-                )
+        out += _curve("val", VAL_DRIVE, pool, same, val_stems, val_stems, counts)
     return out
 
 

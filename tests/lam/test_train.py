@@ -110,7 +110,7 @@ def test_unlabeled_method_is_checked_and_self_training_changes_the_head(
             [label],
             255,
             settings,
-            progress=lambda stage, total, loss: calls.append((stage, total)),
+            progress=lambda stage, total, loss, calls=calls: calls.append((stage, total)),
             unlabeled=frames,
         )
         heads[method] = model.adapter.bias.detach().clone()
