@@ -79,14 +79,17 @@ def train(
             255 = sure), as `zero_shot_seeds` writes: a seed with one has each labelled
             pixel weighted by it in the loss; a seed without one (a human's) counts fully.
         unlabeled: URLs of folders of frames whose labels are never read (the new drop,
-            earlier drops): `train.unlabeled_frames` of them, evenly spaced, teach the
-            head what the target drives look like (see lam.train.train_head).
+            earlier drops). `train.unlabeled_method` says what they are for: none (the
+            default, chosen on the cross-drive folds) does not read them; self_train reads
+            `train.unlabeled_frames` of them, evenly spaced, and self-trains the head on them
+            (lam.train.train_head).
         seed_set: URL of a seed set (tasks.seed_set: images/, labels/, confidence/,
             provenance/): all its seeds are used, with their confidence maps; a stem of
             `seeds` that the set also holds is taken from the set.
     Returns:
         the training report (also written to `out/train_report.json`), with `model_version`.
     """
+    started = time.perf_counter()  # the report's seconds: reads and decoding included
     model = model or ModelParams()
     settings = settings or TrainParams()
     class_list = load_classes(classes)
@@ -124,7 +127,6 @@ def train(
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
 
-    started = time.perf_counter()
     report = train_head(
         net,
         seed_images,
