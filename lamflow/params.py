@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lam.errors import LamflowError
-from lam.settings import AdaptSettings, LamConfig, TrainSettings
+from lam.settings import UNLABELED_METHODS, AdaptSettings, LamConfig, TrainSettings
 
 DEFAULT_CAMVID = "../shared/data/camvid"
 
@@ -78,10 +78,17 @@ class TrainParams(_Section):
     optou_iterations: int = Field(default=_TRAIN.optou_iterations, ge=0)
     optou_lr: float = Field(default=_TRAIN.optou_lr, gt=0)
     # `train --unlabeled` frames: none (not read) | self_train (lam.adapt inside train)
-    unlabeled_method: Literal["none", "self_train"] = _TRAIN.unlabeled_method  # type: ignore[assignment]
+    unlabeled_method: str = _TRAIN.unlabeled_method  # one of lam.settings.UNLABELED_METHODS
     # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read.
     # 48 = what self_train was measured with on the folds (lam.adapt's max_frames)
     unlabeled_frames: int = Field(default=48, ge=0)
+
+    @field_validator("unlabeled_method")
+    @classmethod
+    def _unlabeled_method(cls, value: str) -> str:
+        if value not in UNLABELED_METHODS:  # the one list lam.train checks too
+            raise ValueError(f"{value!r} is not one of {', '.join(UNLABELED_METHODS)}")
+        return value
 
 
 class AdaptParams(_Section):

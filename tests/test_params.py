@@ -66,3 +66,9 @@ def test_review_backfill_names_its_drops_and_rejects_nonsense() -> None:
     assert ReviewParams(backfill="last 2").backfill_drops(drops) == ["d2", "d3"]
     with pytest.raises(LamflowError, match="review.backfill: .*'last two'"):
         parse_params({"review": {"backfill": "last two"}})
+
+
+def test_unlabeled_method_is_checked_against_the_library_list():
+    with pytest.raises(LamflowError, match=r"train\.unlabeled_method: .*'magic' is not one of"):
+        parse_params({"train": {"unlabeled_method": "magic"}})
+    assert parse_params({"train": {"unlabeled_method": "self_train"}}).train.unlabeled_method
