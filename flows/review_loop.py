@@ -213,7 +213,7 @@ def pushed_overlays(
     """Overlays (labels over frame) of the first `limit` pushed frames of `records`
     (drive -> push record), as markdown images: what the reviewer will correct."""
     from lamflow.storage import list_images
-    from tasks._frames import load_classes
+    from tasks.frame_sources import load_classes
 
     if limit <= 0 or not any(r.get("tasks") for r in records.values()):
         return []

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from lam.errors import LamflowError
 from lam.modeling.lam import LabelAnythingModel
+from lam.sampling import evenly_spaced
 from lam.settings import AdaptSettings
 from lam.train import TrainReport, View, build_views, fit_head_on_views
 
@@ -126,8 +127,7 @@ def adapt_to_frames(
         raise LamflowError(f"interpolate must be in [0, 1], got {settings.interpolate}")
     start = time.perf_counter()
     seed_head = _head_tensors(model) if settings.interpolate < 1.0 else None
-    pick = np.unique(np.linspace(0, len(frames) - 1, min(settings.max_frames, len(frames))).round())
-    chosen = [frames[int(i)] for i in pick]
+    chosen = evenly_spaced(list(frames), settings.max_frames)
     blank = [np.full(f.shape[:2], ignore_index, dtype=np.uint8) for f in chosen]
     frame_views = build_views(model, chosen, blank)
     ts = settings.train

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lam.cpu_fusion import inference_backbone
 from lam.errors import LamflowError
-from lam.modeling.backbone import inference_backbone
 from lam.modeling.lam import LabelAnythingModel
 from lam.upsample import upsampled_label_and_confidence
 

@@ -23,7 +23,8 @@ from lam.errors import LamflowError
 from lam.train import TrainSettings
 from lamflow.params import AdaptParams
 from lamflow.storage import join, read_text, write_text_atomic
-from tasks._frames import load_model, load_seed_frames, load_unlabeled_frames, save_model
+from tasks.frame_sources import load_seed_frames, load_unlabeled_frames
+from tasks.model_io import load_model, save_model
 from tasks.train import TRAIN_REPORT
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def _drop_frames(
     """Up to `max_frames` evenly spaced frames of `images` (seeds excluded), decoded.
 
     Returns (frames, their stems, stems skipped as undecodable). Frames not picked are not read;
-    a read error raises (tasks._frames.load_unlabeled_frames, shared with `train --unlabeled`).
+    a read error raises (tasks.frame_sources.load_unlabeled_frames, shared with
+    `train --unlabeled`).
     """
     frames, records, skipped = load_unlabeled_frames([images], max_frames, exclude, progress)
     return frames, [r["stem"] for r in records], skipped

@@ -38,7 +38,7 @@ from lamflow.storage import (
     sha256_bytes,
     write_bytes_atomic,
 )
-from tasks._frames import load_model
+from tasks.model_io import load_model
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"

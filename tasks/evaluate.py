@@ -10,16 +10,11 @@ from prefect import task
 from lam.errors import LamflowError
 from lam.imageio import decode_label
 from lam.metrics import ConfusionAccumulator
-from lamflow.storage import exists, join, list_dir, read_bytes
-from tasks._frames import load_classes
+from lamflow.storage import join, list_dir, read_bytes
+from tasks.frame_sources import load_classes
+from tasks.label_folder import label_pngs
 
 log = logging.getLogger(__name__)
-
-
-def _label_folder(pred: str) -> str:
-    """`pred` may be an annotate output folder (with labels/) or a folder of PNGs itself."""
-    sub = join(pred, "labels")
-    return sub if exists(sub) else pred
 
 
 def evaluate(
@@ -34,7 +29,7 @@ def evaluate(
          "missing_labels"} with scores in percent.
     """
     class_list = load_classes(classes)
-    pred_dir = _label_folder(pred)
+    pred_dir = label_pngs(pred)
     stems = [n[:-4] for n in list_dir(pred_dir) if n.endswith(".png")]
     stems = [s for s in stems if s not in set(exclude or [])]
     if not stems:

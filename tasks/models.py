@@ -17,7 +17,7 @@ from prefect import task
 from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
-from tasks._frames import load_classes, pick_unlabeled
+from tasks.frame_sources import load_classes, pick_unlabeled
 from tasks.seed_set import (
     BOOTSTRAP_MARKER,
     bootstrap_from_zero_shot,

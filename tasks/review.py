@@ -31,7 +31,6 @@ from lam.formats.cvat import (
 from lam.formats.labelstudio import labeling_config, labels_to_tasks, tasks_to_labels
 from lam.imageio import decode_image, decode_label, encode_png
 from lamflow.storage import (
-    exists,
     find_by_stem,
     join,
     list_images,
@@ -40,16 +39,12 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from tasks._frames import load_classes
+from tasks.frame_sources import load_classes
+from tasks.label_folder import label_pngs
 from tasks.select_seeds import read_seed_stems
 
 log = logging.getLogger(__name__)
 FORMATS = ("cvat", "cityscapes", "labelstudio")
-
-
-def _label_folder(labels: str) -> str:
-    """An annotate output folder keeps its PNGs under labels/; a plain folder holds them."""
-    return join(labels, "labels") if exists(join(labels, "manifest.jsonl")) else labels
 
 
 def review_stems(seeds: str | None, flagged: str | None, stems: list[str] | None) -> list[str]:
@@ -97,7 +92,7 @@ def review_export(
     missing = [s for s in wanted if s not in frames]
     if missing:
         raise LamflowError(f"frames {missing[:5]} not found in {images}")
-    label_dir = _label_folder(labels) if labels else None
+    label_dir = label_pngs(labels) if labels else None
     items: list[tuple[str, str, np.ndarray | None, tuple[int, int]]] = []
     for stem in tqdm(wanted, desc="review export", unit="frame", disable=not progress):
         url = frames[stem]
@@ -201,7 +196,7 @@ def review_import(
 def export_coco(labels: str, out: str, classes: str, progress: bool = True) -> dict[str, Any]:
     """A labeled drop (annotate output or folder of label PNGs) -> one COCO JSON with RLE."""
     class_list = load_classes(classes)
-    label_dir = _label_folder(labels)
+    label_dir = label_pngs(labels)
     pngs = list_images(label_dir)
     if not pngs:
         raise LamflowError(f"no label PNGs in {label_dir}")

@@ -30,21 +30,13 @@ from lam.seeds.review import (
 )
 from lamflow.params import ReviewParams, SelectSeedsParams
 from lamflow.storage import exists, join, list_images, read_bytes, write_text_atomic
-from tasks.annotate import MANIFEST
+from tasks.label_folder import read_manifest
 from tasks.seed_set import list_seeds
 from tasks.select_seeds import embed_drop
 
 log = logging.getLogger(__name__)
 SELECTION = "review_selection.json"
 SCHEMA = "lamflow.review_selection/1"
-
-
-def _records(labels: str) -> list[dict[str, Any]]:
-    url = join(labels, MANIFEST)
-    if not exists(url):
-        raise LamflowError(f"no {MANIFEST} in {labels}: run annotate first")
-    rows = [json.loads(line) for line in read_bytes(url).decode().splitlines() if line.strip()]
-    return [r for r in rows if r.get("status") == "labeled"]
 
 
 def _flags(labels: str) -> dict[str, list[str]]:
@@ -84,7 +76,7 @@ def review_select(
     embed = embed or SelectSeedsParams()
     out = out or join(labels, SELECTION)
     started = time.perf_counter()
-    records = _records(labels)
+    records = read_manifest(labels, status="labeled")
     seed_shas = {str(p.get("sha256")) for p in list_seeds(seeds)} if seeds else set()
     frames = dict(list_images(images))
     candidates = [r for r in records if r["stem"] in frames and r["sha256"] not in seed_shas]

@@ -34,7 +34,7 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from tasks._frames import load_classes
+from tasks.frame_sources import load_classes
 
 log = logging.getLogger(__name__)
 

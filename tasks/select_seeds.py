@@ -12,7 +12,6 @@ seeds.yaml ranks the seeds and says for each why it was chosen.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from typing import Any
@@ -40,7 +39,8 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from tasks._frames import load_classes
+from tasks.frame_sources import load_classes
+from tasks.label_folder import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
 SCHEMA = "lamflow.seeds/1"
@@ -141,13 +141,9 @@ def class_presence(
     """
     presence = np.zeros((len(stems), classes.num_classes), dtype=bool)
     index = {s: i for i, s in enumerate(stems)}
-    manifest = join(labels, "manifest.jsonl")
-    if exists(manifest):
-        for line in read_text(manifest).splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            i = index.get(rec.get("stem"))
+    if exists(join(labels, MANIFEST)):
+        for rec in read_manifest(labels):
+            i = index.get(str(rec.get("stem")))
             for name, frac in (rec.get("class_fractions") or {}).items():
                 if i is not None and name in classes.names and frac >= min_fraction:
                     presence[i, classes.names.index(name)] = True

@@ -1,7 +1,7 @@
 """Distributed `annotate`: a drop cut into shards, each shard one retried Prefect task run.
 
 Each shard calls the same `tasks.annotate.annotate` as the CLI, on an explicit stem list, with
-`shard=True`. The model is cached per worker process (`tasks._frames.load_model`), so a Dask
+`shard=True`. The model is cached per worker process (`tasks.model_io.load_model`), so a Dask
 worker loads it once and reuses it for every shard it runs. Per-frame records make a retried or
 re-run shard skip what is done, so a frame is never labeled twice; a bad frame is quarantined
 inside its shard and never fails it. `finish_annotate` rebuilds manifest.jsonl once at the end.
@@ -17,8 +17,8 @@ from prefect import task
 
 from lam.errors import LamflowError
 from lamflow.params import AnnotateParams
-from tasks._frames import load_model
 from tasks.annotate import annotate, write_manifest
+from tasks.model_io import load_model
 
 
 def plan_shards(stems: list[str], shard_size: int) -> list[list[str]]:
@@ -58,7 +58,7 @@ def annotate_shard(
 
 
 def warm_worker(model: str) -> dict[str, Any]:
-    """Load the model into this worker's cache (tasks._frames.load_model) ahead of the shards.
+    """Load the model into this worker's cache (tasks.model_io.load_model) ahead of the shards.
 
     Submitted when a drop starts, so the cluster's worker processes start, import torch and
     load the model while the flow ingests the drop, not after it.

@@ -19,7 +19,8 @@ from lam.imageio import decode_label
 from lam.train import TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
 from lamflow.storage import find_by_stem, join, read_bytes, sha256_bytes, write_text_atomic
-from tasks._frames import load_classes, load_seed_frames, load_unlabeled_frames, save_model
+from tasks.frame_sources import load_classes, load_seed_frames, load_unlabeled_frames
+from tasks.model_io import save_model
 from tasks.seed_set import list_seeds
 
 log = logging.getLogger(__name__)

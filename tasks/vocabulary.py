@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from lam.errors import LamflowError
 from lam.imageio import decode_image
+from lam.sampling import evenly_spaced
 from lam.vocabulary.backends import LLMS, TAGGERS
 from lam.vocabulary.filtering import LabelEvidence, accumulate, rank_labels
 from lam.vocabulary.grouping import Synset, cluster_labels
@@ -38,7 +39,7 @@ from lam.vocabulary.text_embedding import default_embedder
 from lam.vocabulary.wordnet import WordNetNouns, find_wordnet_dir
 from lamflow.params import VocabularyParams
 from lamflow.storage import exists, list_images, read_bytes, read_text, write_text_atomic
-from tasks._frames import evenly_spaced, load_classes
+from tasks.frame_sources import load_classes
 
 log = logging.getLogger(__name__)
 SCHEMA = "lamflow.vocabulary/1"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_image, encode_png
+from lam.sampling import evenly_spaced
 from lam.zero_shot import ZERO_SHOT
 from lam.zero_shot.refinement import class_phrases
 from lam.zero_shot.result import SeedLabel, ZeroShotSeeder
@@ -44,7 +45,7 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from tasks._frames import evenly_spaced, load_classes
+from tasks.frame_sources import load_classes
 
 log = logging.getLogger(__name__)
 REPORT = "report.json"

@@ -127,7 +127,7 @@ def test_bad_backbone_options_name_the_problem(tmp_path: Path):
 @pytest.mark.parametrize("size", [(72, 96), (45, 61), (360, 480)])
 def test_inference_backbone_matches_the_timm_forward(size: tuple[int, int]):
     """BatchNorm, ReLU6, 'SAME' padding and normalisation folded: the same taps to ~1e-4."""
-    from lam.modeling.backbone import SamePadConv2d, inference_backbone
+    from lam.cpu_fusion import SamePadConv2d, inference_backbone
 
     backbone = build_backbone("efficientnet_lite0").eval()
     fast = inference_backbone(backbone)

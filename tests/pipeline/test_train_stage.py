@@ -151,7 +151,7 @@ def test_unlabeled_frames_are_used_and_their_labels_never_read(
 
 
 def test_unlabeled_frames_are_capped_evenly(tmp_path: Path) -> None:
-    from tasks._frames import load_unlabeled_frames
+    from tasks.frame_sources import load_unlabeled_frames
 
     a = _folder(tmp_path / "a", "drvA", range(10), labels=False)
     b = _folder(tmp_path / "b", "drvB", range(30), labels=False)

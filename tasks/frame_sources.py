@@ -1,42 +1,25 @@
-"""Shared I/O for stages: reading frames/labels/classes and saving/loading models by URL."""
+"""Where stages get their inputs by URL: the class list, seed frames with their labels and
+provenance, and unlabeled frames (a drop's images, whose labels are never read).
+
+Torch-free, so commands that only read frames or classes start fast.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from lam.artifact import CONFIG_FILE, WEIGHTS_FILE, model_from_files, model_to_files
-from lam.build import LamConfig
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_image, decode_label
-from lam.modeling.lam import LabelAnythingModel
-from lamflow.storage import (
-    find_by_stem,
-    join,
-    list_images,
-    read_bytes,
-    sha256_bytes,
-    write_bytes_atomic,
-)
+from lam.sampling import evenly_spaced
+from lamflow.storage import find_by_stem, list_images, read_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
-_MODEL_CACHE: dict[tuple[str, str], tuple[LabelAnythingModel, LamConfig]] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def evenly_spaced(items: list[Any], max_items: int) -> list[Any]:
-    """At most `max_items` of `items`, evenly spaced over the whole list (all when 0):
-    a drop's frames are in time order, so this spreads a subsample over the whole drive."""
-    if max_items <= 0 or len(items) <= max_items:
-        return list(items)
-    idx = np.linspace(0, len(items) - 1, max_items).round().astype(int)
-    return [items[i] for i in sorted(set(idx.tolist()))]
 
 
 def load_classes(url: str) -> ClassList:
@@ -48,46 +31,6 @@ def load_classes(url: str) -> ClassList:
     except json.JSONDecodeError as exc:
         raise LamflowError(f"classes file {url} is not JSON: {exc}") from exc
     return ClassList.from_json(data)
-
-
-def save_model(url: str, model: LabelAnythingModel, config: LamConfig) -> str:
-    """Write `config.json` + `head.safetensors` under `url`; returns the model version."""
-    files = model_to_files(model, config)
-    # Weights first: a directory with a config but no weights never looks complete.
-    write_bytes_atomic(join(url, WEIGHTS_FILE), files[WEIGHTS_FILE])
-    write_bytes_atomic(join(url, CONFIG_FILE), files[CONFIG_FILE])
-    return config.version
-
-
-def load_model(url: str, fresh: bool = False) -> tuple[LabelAnythingModel, LamConfig]:
-    """Model directory at `url`, loaded once per process (workers reuse it across shards).
-
-    fresh=True returns a new instance outside the cache, for callers that change the model
-    (adapt refits its head), so the shared instance is never altered.
-    """
-    try:
-        config_bytes = read_bytes(join(url, CONFIG_FILE))
-    except FileNotFoundError as exc:
-        raise LamflowError(f"no model at {url}: {CONFIG_FILE} not found") from exc
-    try:
-        version = json.loads(config_bytes).get("version", "")
-    except json.JSONDecodeError as exc:
-        raise LamflowError(f"{join(url, CONFIG_FILE)} is not JSON: {exc}") from exc
-
-    def build() -> tuple[LabelAnythingModel, LamConfig]:
-        try:
-            weights = read_bytes(join(url, WEIGHTS_FILE))
-        except FileNotFoundError as exc:
-            raise LamflowError(f"model at {url} lacks {WEIGHTS_FILE}") from exc
-        return model_from_files({CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights})
-
-    if fresh:
-        return build()
-    key = (url, version)
-    with _CACHE_LOCK:
-        if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = build()
-        return _MODEL_CACHE[key]
 
 
 def _seed_folders(images: str | list[str], labels: str | list[str]) -> list[tuple[str, str]]:
