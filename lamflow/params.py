@@ -122,12 +122,26 @@ class IngestParams(_Section):
 
 
 class QcParams(_Section):
-    """Quality thresholds (Great Expectations suite over per-frame statistics + drop checks)."""
+    """QC thresholds (tasks/qc.py): checks on the written outputs, read back, per frame and per
+    drop. Hard checks fail the drop; soft ones (marked) only warn and list frames for review."""
 
+    # per frame, from its record (soft)
     min_mean_confidence: float = Field(default=0.5, ge=0, le=1)
     max_low_confidence_fraction: float = Field(default=0.5, ge=0, le=1)
-    max_void_fraction: float = Field(default=0.05, ge=0, le=1)
+    # |statistic of the written PNGs - the record's| (confidence mean, fraction < 128, class
+    # fractions); the record rounds to 1e-4, the PNG quantises confidence to 1/255
+    record_tolerance: float = Field(default=0.01, gt=0, le=1)
+    max_class_fraction: float = Field(default=0.95, gt=0, le=1)  # one class covers more: soft
+    # robust z-score (median/MAD over the drop's frames) beyond which a frame is an outlier
+    outlier_z: float = Field(default=3.5, gt=0)
+    outlier_min_spread: float = Field(default=0.02, ge=0, le=1)  # floor of the z-score's scale
+    outlier_min_frames: int = Field(default=5, ge=3)  # fewer labeled frames: outliers skipped
+    # per drop
     max_drift: float = Field(default=0.35, ge=0, le=1)  # total variation vs the seeds' histogram
+    max_history_drift: float = Field(default=0.25, ge=0, le=1)  # vs recent drops' mean (soft)
+    history_drops: int = Field(default=10, ge=1)  # how many recent drops that mean covers
+    absent_min_seed_fraction: float = Field(default=0.01, ge=0, le=1)  # seed classes checked
+    absent_fraction: float = Field(default=0.0001, ge=0, le=1)  # below it a class is absent
 
 
 class ExportParams(_Section):

@@ -108,7 +108,9 @@ def test_qc_fails_when_a_frame_is_unaccounted_for(
     summary = qc(out, str(tmp_path / "drops/d1/ingest.json"), tiny_model["model"], params=LOOSE)
     assert summary["status"] == "fail"
     failed = [c["column"] for c in summary["checks"] if not c["success"]]
-    assert failed == ["accounted=ingested"]
+    assert failed == ["labeled+quarantined", "missing"]
+    assert (summary["labeled"], summary["quarantined"], summary["ingested"]) == (4, 3, 8)
+    assert (summary["missing"], summary["extra"]) == (1, 0)
     review = {r["stem"]: r["reasons"] for r in json.loads((Path(out) / "review.json").read_text())}
     assert review["d1_0001"] == ["missing: ingested but never labeled"]
 
