@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -15,10 +14,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from lam.imageio import decode_image
 from lamflow.params import Params
-from lamflow.storage import exists, join, list_dir, read_bytes, safe_name, sha256_bytes
-from tasks.adapt import ADAPT_REPORT, adapt_task
-from tasks.export import export_task
+from lamflow.storage import join, list_dir, read_bytes
+from tasks.adapt import adapt_task, adapted_model_url
+from tasks.export import export_dest, export_task
 from tasks.ingest import INGEST_MANIFEST, drop_url, ingest_task
+from tasks.label_folder import drop_labels_url
+from tasks.models import seed_sources
 from tasks.qc import qc_task
 from tasks.seed_set import seed_set_url
 from tasks.shards import (
@@ -28,13 +29,9 @@ from tasks.shards import (
     plan_shards,
     warm_worker_task,
 )
+from tasks.vocabulary import VOCABULARY_FILE, vocabulary_task
 
 from .state import is_accepted
-
-
-def labels_url(root: str, model_version: str, drive: str) -> str:
-    """ROOT/labels/MODEL_VERSION/DRIVE_ID (both components checked)."""
-    return join(root, "labels", safe_name(model_version, "model version"), safe_name(drive))
 
 
 def thumbnail_markdown(name: str, rgb: np.ndarray, size: int = 320) -> str:
@@ -87,30 +84,21 @@ def drop_report(
 def adapted_model(
     root: str, drive: str, images: str, model: dict[str, Any], params: Params
 ) -> dict[str, Any]:
-    """`model` self-trained on this drop's frames (`pipeline.adapt_per_drop`).
-
-    Stored under ROOT/models/adapted/<model version>/<drive>/<hash of the adapt params>/ and
-    reused when an earlier (e.g. interrupted) run already made it.
-    """
-    key = sha256_bytes(json.dumps(params.adapt.model_dump(), sort_keys=True).encode())[:8]
-    url = join(root, "models", "adapted", safe_name(model["model_version"]), safe_name(drive), key)
-    report_url = join(url, ADAPT_REPORT)
-    if exists(report_url):
-        report = json.loads(read_bytes(report_url))
-    else:
-        seeds = seed_set_url(root)  # the seed set the model was trained on
-        report = adapt_task(
-            model["model"],
-            images,
-            join(seeds, "images"),
-            join(seeds, "labels"),
-            url,
-            params.adapt,
-            progress=False,
-        )
+    """`model` self-trained on this drop's frames (`pipeline.adapt_per_drop`), by the `adapt`
+    stage, which reuses an adaptation an earlier (e.g. interrupted) run already made."""
+    seeds = seed_set_url(root)  # the seed set the model was trained on
+    report = adapt_task(
+        model["model"],
+        images,
+        join(seeds, "images"),
+        join(seeds, "labels"),
+        adapted_model_url(root, model["model_version"], drive, params.adapt),
+        params.adapt,
+        progress=False,
+    )
     return {
         **model,
-        "model": url,
+        "model": adapted_model_url(root, model["model_version"], drive, params.adapt),
         "model_version": report["model_version"],
         "adapt_seconds": report["seconds"],
     }
@@ -123,12 +111,21 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     if params.pipeline.adapt_per_drop:
         manifest = ingest_task(root, drive, params.ingest, progress=False)
         model = adapted_model(root, drive, images, model, params)
-        warm = warm_worker_task.submit(model["model"])
+        warm = warm_worker_task.submit(model["model"], params.annotate)
     else:
         # Start the workers (they import torch and load the model) while the flow ingests.
-        warm = warm_worker_task.submit(model["model"])
+        warm = warm_worker_task.submit(model["model"], params.annotate)
         manifest = ingest_task(root, drive, params.ingest, progress=False)
-    out = labels_url(root, model["model_version"], drive)
+    if params.pipeline.vocabulary_per_drop:  # which classes does the drop hold? (step 1)
+        vocabulary_task(
+            images,
+            join(drop_url(root, drive), VOCABULARY_FILE),
+            params.vocabulary,
+            seed_sources(params)["classes"],
+            progress=False,
+            skip_existing=True,
+        )
+    out = drop_labels_url(root, model["model_version"], drive)
     shards = plan_shards([e["stem"] for e in manifest["entries"]], params.annotate.shard_size)
     first = params.annotate.model_copy(update={"write_overlays": params.pipeline.overlays_per_drop})
     rest = params.annotate.model_copy(update={"write_overlays": 0})
@@ -146,11 +143,18 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
             len(counts["quarantined"]),
             "; ".join(f"{q['stem']}: {q['reason']}" for q in counts["quarantined"][:5]),
         )
-    qc = qc_task(out, join(drop_url(root, drive), INGEST_MANIFEST), model["model"], "", params.qc)
+    qc = qc_task(
+        out,
+        join(drop_url(root, drive), INGEST_MANIFEST),
+        model["model"],
+        "",
+        params.qc,
+        history=join(root, "state", "qc_history.jsonl"),
+    )
     accepted = qc["status"] == "fail" and is_accepted(root, drive)
     exported: dict[str, Any] = {"dest": None}
     if qc["status"] != "fail" or accepted:
-        dest = params.export.dest or join(root, "exports", model["model_version"], drive)
+        dest = export_dest(params.export, root, model["model_version"], drive)
         exported = export_task(out, model["model"], dest, params.export, progress=False)
     else:  # a failed drop is not published: the next run labels it again, or a person accepts
         logger.warning(

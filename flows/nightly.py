@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 # QC's library is imported with the flow module (process start-up), not in the middle of a run:
@@ -37,27 +38,27 @@ from lamflow.params import Params, load_params
 from lamflow.storage import join, safe_name
 from tasks.ingest import add_drop, drop_url, list_drops
 from tasks.models import ensure_model_task, seed_sources
+from tasks.version import version_task
+from tasks.vocabulary import VOCABULARY_FILE
 
-from .drop import adapted_model, label_drop, labels_url
+from .drop import adapted_model, label_drop
 from .review_loop import loop_report, pending_pushes, pull_step, push_step, pushed_overlays
 from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
 from .state import (
     RUN_LEASES,
-    acquire_lease,
     done_drives,
     drops_by_age,
+    held_lease,
     mark_done,
     read_done,
     read_model_pointer,
-    release_lease,
-    renew_lease,
     write_model_pointer,
     write_watermark,
 )
 
 log = logging.getLogger(__name__)
 __all__ = ["adapted_model", "auto_workers", "bootstrap", "dask_runner", "label_drop"]
-__all__ += ["labels_url", "nightly", "shared_prefect_api", "worker_environment"]
+__all__ += ["nightly", "shared_prefect_api", "worker_environment"]
 
 
 def _model_changed(root: str, drive: str, version: str) -> bool:
@@ -65,42 +66,46 @@ def _model_changed(root: str, drive: str, version: str) -> bool:
     return bool(done) and done.get("base_model_version", done.get("model_version")) != version
 
 
+def _finished_since_run_start(root: str, drive: str, version: str) -> bool:
+    """Another run finished `drive` with model `version` after this run began (so after this
+    run listed its drops): the drop is not labeled twice."""
+    done = read_done(root, drive)
+    if done.get("base_model_version", done.get("model_version")) != version:
+        return False
+    started = flow_run.scheduled_start_time  # "now" outside a flow run: never skipped
+    finished = str(done.get("finished_at") or "")
+    return bool(finished) and datetime.fromisoformat(finished) >= started.replace(microsecond=0)
+
+
 def _label_under_lease(
     root: str, drive: str, model: dict[str, Any], params: Params, owner: str
 ) -> dict[str, Any] | None:
-    """label_drop under the drop's lease; None when another run holds it."""
-    token = acquire_lease(root, drive, owner, params.pipeline.lease_seconds)
-    if token is None:
-        get_run_logger().info("drop %s is leased by another run: skipped", drive)
-        return None
-    try:
+    """label_drop under the drop's lease, renewed in the background while the drop is labeled;
+    None when another run holds the lease or finished the drop meanwhile. A lease lost on the
+    way (it expired and another run took it over) fails the drop instead of marking it done."""
+    with held_lease(root, drive, owner, params.pipeline.lease_seconds) as lease:
+        if lease is None:
+            get_run_logger().info("drop %s is leased by another run: skipped", drive)
+            return None
+        if _finished_since_run_start(root, drive, model["model_version"]):
+            get_run_logger().info("drop %s was finished by another run meanwhile: skipped", drive)
+            return None
         summary = label_drop(root, drive, model, params)
         summary["base_model_version"] = model["model_version"]
+        lease.check()
         if summary["qc"] != "fail" or summary["accepted"]:
             mark_done(root, drive, summary)
         return summary
-    finally:
-        release_lease(root, drive, token)
 
 
 @contextmanager
 def run_lease(params: Params, owner: str) -> Iterator[Callable[[], None] | None]:
-    """ROOT's run lease (one nightly or bootstrap run at a time per ROOT); yields a `renew`
-    callable to call between steps, or None when another run holds the lease."""
+    """ROOT's run lease (one nightly or bootstrap run at a time per ROOT), renewed in the
+    background; yields a callable to call between steps, which raises LamflowError once the
+    lease is lost, or None when another run holds the lease."""
     root, ttl = params.data.root, params.pipeline.lease_seconds
-    token = acquire_lease(root, "nightly", owner, ttl, folder=RUN_LEASES)
-    if token is None:
-        yield None
-        return
-
-    def renew() -> None:
-        if not renew_lease(root, "nightly", token, ttl, folder=RUN_LEASES):
-            raise LamflowError(f"lost the run lease on {root} to another run: stopping")
-
-    try:
-        yield renew
-    finally:
-        release_lease(root, "nightly", token, folder=RUN_LEASES)
+    with held_lease(root, "nightly", owner, ttl, folder=RUN_LEASES) as lease:
+        yield None if lease is None else lease.check
 
 
 def _run_drops(
@@ -148,6 +153,8 @@ def _run_drops(
             results[drive] = summary
         else:
             relabeled[drive] = summary
+    versions = _version_step(params, owner, model, {**relabeled, **results})
+    renew()
     waiting = {d: read_done(root, d) for d in pending_pushes(root, sorted(done_drives(root)))}
     push = push_step(params, {**waiting, **results}, model)
     create_markdown_artifact(
@@ -179,6 +186,35 @@ def _run_drops(
         "relabel_errors": relabel_errors,
         "skipped": skipped,
         "review": {"pull": pull, "push": push},
+        "versions": versions,
+    }
+
+
+def _version_step(
+    params: Params, run: str, model: dict[str, Any], labeled: dict[str, Any]
+) -> dict[str, Any]:
+    """The `version` stage over this run's published drops (QC passed or accepted): their
+    labels and vocabulary, the model and its seed set, as git tag run-RUN in the workspace."""
+    if not params.versioning.enabled:
+        return {"enabled": False}
+    root = params.data.root
+    published = {
+        d: {"labels": s["labels"], "vocabulary": join(drop_url(root, d), VOCABULARY_FILE)}
+        for d, s in labeled.items()
+        if s["qc"] != "fail" or s.get("accepted")
+    }
+    result = version_task(
+        root,
+        run,
+        model["model"],
+        model["model_version"],
+        model["seed_set"],
+        published,
+        params.versioning,
+    )
+    get_run_logger().info("versioned as %s in %s", result["tag"], result["workspace"])
+    return {k: result[k] for k in ("workspace", "remote", "tag", "commit")} | {
+        "drops": sorted(published)
     }
 
 

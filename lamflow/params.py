@@ -162,6 +162,7 @@ class PipelineParams(_Section):
     dask_processes: bool | None = None  # None = worker processes only when more than one worker
     lease_seconds: int = Field(default=3600, ge=10)
     overlays_per_drop: int = Field(default=4, ge=0, le=32)
+    vocabulary_per_drop: bool = True  # the `vocabulary` stage on each new drop (then versioned)
     # labels: the first seeds are `train.seeds` of seed_images/seed_labels (human labels);
     # zero_shot: `zero_shot_seeds` labels those frames (all if train.seeds is empty)
     seed_source: Literal["labels", "zero_shot"] = "labels"
@@ -316,6 +317,16 @@ class ReviewParams(_Section):
         return list(drives[-n:])
 
 
+class VersioningParams(_Section):
+    """What the nightly flow versions with DVC after each run (tasks/version.py): the seed set,
+    the model, each drop's vocabulary and labels, one git commit per run in a workspace."""
+
+    enabled: bool = True
+    workspace: str = ""  # local git + DVC repo; "" = ROOT/versions (local ROOT) or .lamflow/...
+    remote: str = ""  # DVC remote URL; "" = ROOT/dvc-store
+    git_remote: str = ""  # push the workspace's commits and tags here after each run; "" = no
+
+
 class Params(_Section):
     """All of params.yaml. Sections of stages added later default to empty sections."""
 
@@ -333,6 +344,7 @@ class Params(_Section):
     seed_masks: SeedMasksParams = Field(default_factory=SeedMasksParams)
     review: ReviewParams = Field(default_factory=ReviewParams)
     zero_shot_seeds: ZeroShotSeedsParams = Field(default_factory=ZeroShotSeedsParams)
+    versioning: VersioningParams = Field(default_factory=VersioningParams)
 
 
 def _format_error(source: str, exc: ValidationError) -> str:

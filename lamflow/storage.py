@@ -11,6 +11,8 @@ import functools
 import hashlib
 import os
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +47,10 @@ def s3_options() -> dict[str, Any]:
     AWS_ACCESS_KEY_ID (loaded once per process, e.g. once per Dask worker).
     """
     endpoint = os.environ.get("LAMFLOW_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-    opts: dict[str, Any] = {}
+    # No listings cache: s3fs would keep every directory listing for the life of the process
+    # and answer `exists`/`ls` from it, so a long-lived process (`lamflow serve`, a Dask worker)
+    # would never see drops, records or leases other processes wrote after its first look.
+    opts: dict[str, Any] = {"use_listings_cache": False}
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}
     block = os.environ.get("LAMFLOW_S3_CREDENTIALS_BLOCK")
@@ -190,3 +195,96 @@ def _unstrip(protocol: str, path: str) -> str:
     if protocol in ("file", "local"):
         return path
     return f"{protocol}://{path.lstrip('/')}" if protocol != "memory" else f"memory://{path}"
+
+
+_MEMORY_CREATE = threading.Lock()  # memory:// is one process's dict
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create the object `url` holding `data` unless one exists; True if `url` now holds `data`.
+
+    Atomic: of concurrent creators of one URL exactly one wins; leases build on it. An object
+    already there with the very same bytes also gives True (a retried S3 PUT whose first try
+    landed), so a claim must put something unique, such as a token, in `data`.
+    - Local files: `data` goes to a temporary sibling that is hard-linked to `url` (`link`
+      fails if `url` exists), so a reader never sees a partial object; without hard links
+      (some network mounts) an O_CREAT | O_EXCL create is the fallback.
+    - S3: one PUT with `If-None-Match: *`; the server answers 412 if the key exists (AWS S3
+      since 2024; SeaweedFS 4.48 measured: 16 racing PUTs, one 200 and fifteen 412). AWS's
+      409 ConditionalRequestConflict (a concurrent conditional write) is retried.
+    - memory://: under a process-wide lock (the store is this process's dict).
+    Other stores raise LamflowError: fsspec offers them no atomic create-if-absent, and a
+    check-then-write would let two creators both win.
+    """
+    fs, path = get_fs(url)
+    protocols = _protocols(fs)
+    if "file" in protocols or "local" in protocols:
+        created = _create_local(path, data)
+    elif "s3" in protocols:
+        created = False
+        for attempt in range(5):
+            try:
+                fs.pipe_file(path, data, mode="create")
+                created = True
+                break
+            except OSError as exc:
+                code = _s3_error_code(exc)
+                if code == "ConditionalRequestConflict" and attempt < 4:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                if not isinstance(exc, FileExistsError) and code != "PreconditionFailed":
+                    raise
+                break
+    elif "memory" in protocols:
+        with _MEMORY_CREATE:
+            created = not fs.exists(path)
+            if created:
+                fs.pipe_file(path, data)
+    else:
+        raise LamflowError(
+            f"no atomic create-if-absent on {protocols[0]}:// ({url}): "
+            "use a local path or s3:// for state that runs share"
+        )
+    if created:
+        return True
+    try:
+        return bool(fs.cat_file(path) == data)
+    except FileNotFoundError:  # created by another and deleted since: still not ours
+        return False
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    """create_exclusive on a local file system (see there)."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def _s3_error_code(exc: BaseException) -> str:
+    """The S3 error code ('PreconditionFailed', ...) behind an s3fs error, else ''.
+
+    s3fs turns a 412 into FileExistsError only when the server names the condition (AWS
+    does); SeaweedFS does not, so it arrives as OSError(EINVAL) caused by a botocore error.
+    """
+    response = getattr(exc.__cause__, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code or {412: "PreconditionFailed", 409: "ConditionalRequestConflict"}.get(status, "")

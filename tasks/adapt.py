@@ -19,10 +19,11 @@ import numpy as np
 from prefect import task
 
 from lam.adapt import AdaptSettings, adapt_to_frames
+from lam.artifact import CONFIG_FILE
 from lam.errors import LamflowError
 from lam.train import TrainSettings
 from lamflow.params import AdaptParams
-from lamflow.storage import join, read_text, write_text_atomic
+from lamflow.storage import exists, join, read_text, safe_name, sha256_bytes, write_text_atomic
 from tasks.frame_sources import load_seed_frames, load_unlabeled_frames
 from tasks.model_io import load_model, save_model
 from tasks.train import TRAIN_REPORT
@@ -40,6 +41,35 @@ def _read_train_report(url: str) -> dict[str, Any]:
         ) from exc
     except json.JSONDecodeError as exc:
         raise LamflowError(f"{join(url, TRAIN_REPORT)} is not JSON: {exc}") from exc
+
+
+def adapted_model_url(root: str, model_version: str, drive: str, settings: AdaptParams) -> str:
+    """Where the nightly flow keeps `model_version` adapted to `drive` under these settings:
+    ROOT/models/adapted/MODEL_VERSION/DRIVE/<hash of the adapt params>/ (one directory per
+    combination, so a changed setting never reuses an adaptation made under another)."""
+    key = sha256_bytes(json.dumps(settings.model_dump(), sort_keys=True).encode())[:8]
+    return join(root, "models", "adapted", safe_name(model_version), safe_name(drive), key)
+
+
+def _finished_report(
+    model: str, images: str, out: str, settings: AdaptParams
+) -> dict[str, Any] | None:
+    """The adapt report already in `out` when it is this very adaptation (same source model
+    version, frames folder and settings), so an interrupted or repeated run reuses it; else
+    None. The report is written last, so its presence means the model files are complete."""
+    if not exists(join(out, ADAPT_REPORT)):
+        return None
+    try:
+        report = json.loads(read_text(join(out, ADAPT_REPORT)))
+        source_version = json.loads(read_text(join(model, CONFIG_FILE))).get("version")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    same = (
+        report.get("source_version") == source_version
+        and report.get("images") == images
+        and report.get("settings") == settings.model_dump()
+    )
+    return dict(report) if same else None
 
 
 def _drop_frames(
@@ -71,7 +101,8 @@ def adapt(
         images: URL of the drop's frames (STEM.jpg/.png); seeds among them are left out.
         seed_images, seed_labels: URLs of the folders holding the seed frames and label PNGs
             named in the model's train_report.json; their sha256 must match what it recorded.
-        out: URL of the new model directory (must differ from `model`).
+        out: URL of the new model directory (must differ from `model`). When it already
+            holds this adaptation (same source version, frames and settings), it is reused.
         settings: the `adapt` section of params.yaml.
     Returns:
         the adapt report (also written to `out/adapt_report.json`): `seconds` of the whole
@@ -80,6 +111,10 @@ def adapt(
     settings = settings or AdaptParams()
     if out.rstrip("/") == model.rstrip("/"):
         raise LamflowError(f"adapt writes a new model directory: --out must differ from {model}")
+    done = _finished_report(model, images, out, settings)
+    if done is not None:
+        log.info("adapt: %s already holds this adaptation (%s); reused", out, done["model_version"])
+        return done
     started = time.perf_counter()
     net, config = load_model(model, fresh=True)  # refitted below: not the cached instance
     train_report = _read_train_report(model)

@@ -30,12 +30,18 @@ from lamflow.storage import (
     get_fs,
     join,
     read_bytes,
+    safe_name,
     write_bytes_atomic,
     write_text_atomic,
 )
 from tasks.annotate import MANIFEST
 
 log = logging.getLogger(__name__)
+
+
+def export_dest(params: ExportParams, root: str, model_version: str, drive: str) -> str:
+    """`export.dest`, or ROOT/exports/MODEL_VERSION/DRIVE_ID when it is "" (the default)."""
+    return params.dest or join(root, "exports", safe_name(model_version), safe_name(drive))
 
 
 def export(

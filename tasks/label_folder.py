@@ -14,9 +14,15 @@ import json
 from typing import Any
 
 from lam.errors import LamflowError
-from lamflow.storage import exists, join, read_bytes
+from lamflow.storage import exists, join, read_bytes, safe_name
 
 MANIFEST = "manifest.jsonl"
+
+
+def drop_labels_url(root: str, model_version: str, drive: str) -> str:
+    """Where the nightly flow labels a drop: ROOT/labels/MODEL_VERSION/DRIVE_ID (both names
+    checked), so labels of every model version stay side by side."""
+    return join(root, "labels", safe_name(model_version, "model version"), safe_name(drive))
 
 
 def label_pngs(folder: str) -> str:

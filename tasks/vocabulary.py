@@ -42,6 +42,7 @@ from lamflow.storage import exists, list_images, read_bytes, read_text, write_te
 from tasks.frame_sources import load_classes
 
 log = logging.getLogger(__name__)
+VOCABULARY_FILE = "vocabulary.yaml"  # a drop's vocabulary, beside its images (nightly flow)
 SCHEMA = "lamflow.vocabulary/1"
 
 
@@ -153,6 +154,7 @@ def vocabulary(
     params: VocabularyParams | None = None,
     target: str | None = None,
     progress: bool = True,
+    skip_existing: bool = False,
 ) -> dict[str, Any]:
     """Discover the label vocabulary of the frames in `images` and write it to `out`.
 
@@ -161,10 +163,17 @@ def vocabulary(
         out: URL of vocabulary.yaml to write (atomically).
         params: the `vocabulary` section of params.yaml.
         target: URL of a classes.json to map synsets onto (optional).
+        skip_existing: when `out` already holds the vocabulary of these images, for this target
+            and these params, return it as it is (the nightly flow relabels a drop without
+            re-tagging its frames: a drop's frames never change once ingested).
     Returns:
         the document written to `out` (labels, synsets, mapping, counts, provenance).
     """
     params = params or VocabularyParams()
+    if skip_existing:
+        done = _existing(images, out, params, target)
+        if done is not None:
+            return done
     started = time.perf_counter()
     torch.manual_seed(params.seed)
     np.random.seed(params.seed)
@@ -251,6 +260,26 @@ def vocabulary(
         doc["seconds"],
     )
     return doc
+
+
+def _existing(
+    images: str, out: str, params: VocabularyParams, target: str | None
+) -> dict[str, Any] | None:
+    """The vocabulary already at `out` when it was made from `images`, for `target`, with
+    these params; else None."""
+    if not exists(out):
+        return None
+    try:
+        doc = yaml.safe_load(read_text(out))
+    except yaml.YAMLError:
+        return None
+    same = (
+        isinstance(doc, dict)
+        and doc.get("images") == images
+        and doc.get("target") == (target or "")
+        and (doc.get("provenance") or {}).get("params") == params.model_dump()
+    )
+    return doc if same else None
 
 
 def artifact_markdown(doc: dict[str, Any], top: int = 20) -> str:

@@ -82,7 +82,10 @@ def write_params(path: Path, root: str, seeds: Path, **sections: dict) -> Path:
             "seed_labels": str(seeds / "labels"),
             "dask_workers": 1,
             "overlays_per_drop": 1,
+            # the tagger and the DVC workspace cost seconds a run: tests that check them say so
+            "vocabulary_per_drop": False,
         },
+        "versioning": {"enabled": False},
         # random heads on synthetic scenes are not confident: QC must not fail the run on it
         "qc": {"min_mean_confidence": 0.0, "max_low_confidence_fraction": 1.0, "max_drift": 1.0},
     }

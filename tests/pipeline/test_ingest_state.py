@@ -1,15 +1,17 @@
-"""ingest, add_drop, the stage table, params validation and leases: no model needed."""
+"""ingest, add_drop, the stage table, params validation and done markers: no model needed.
+
+Leases are tested in test_leases.py.
+"""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from flows.state import acquire_lease, done_drives, mark_done, release_lease
+from flows.state import done_drives, mark_done
 from lam.errors import LamflowError
 from lamflow.cli import main
 from lamflow.commands.pipeline import STAGES, resolve_stage, stage_parser
@@ -101,60 +103,11 @@ def test_stage_cli_writes_the_result(tmp_path: Path) -> None:
     assert rc == 0 and json.loads(out.read_text())["bad"] == 3
 
 
-def test_only_one_of_two_racing_claims_gets_the_lease(tmp_path: Path) -> None:
-    root = str(tmp_path)
-    tokens: list[str | None] = []
-    barrier = threading.Barrier(2)
-
-    def claim(owner: str) -> None:
-        barrier.wait()
-        tokens.append(acquire_lease(root, "d1", owner, ttl=60, settle=0.3))
-
-    threads = [threading.Thread(target=claim, args=(f"run{i}",)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [t for t in tokens if t]
-    assert len(winners) == 1
-    assert acquire_lease(root, "d1", "run3", ttl=60, settle=0) is None
-    release_lease(root, "d1", winners[0])
-    assert acquire_lease(root, "d1", "run3", ttl=60, settle=0)
-
-
-def test_expired_lease_is_taken_over_and_not_released_by_its_old_owner(tmp_path: Path) -> None:
-    root = str(tmp_path)
-    old = acquire_lease(root, "d1", "crashed", ttl=0.2, settle=0)
-    assert old
-    time.sleep(0.3)
-    new = acquire_lease(root, "d1", "next", ttl=60, settle=0)
-    assert new and new != old
-    release_lease(root, "d1", old)  # the crashed run coming back must not drop the new lease
-    assert acquire_lease(root, "d1", "third", ttl=60, settle=0) is None
-
-
 def test_done_markers(tmp_path: Path) -> None:
     mark_done(str(tmp_path), "d1", {"labeled": 3})
     assert done_drives(str(tmp_path)) == {"d1"}
     with pytest.raises(LamflowError):
         mark_done(str(tmp_path), "../x", {})
-
-
-def test_the_run_lease_is_apart_from_drive_leases_and_renews(tmp_path: Path) -> None:
-    from flows.state import RUN_LEASES, renew_lease
-
-    root = str(tmp_path)
-    run = acquire_lease(root, "nightly", "run-1", ttl=0.5, settle=0, folder=RUN_LEASES)
-    assert run is not None
-    # a drive called "nightly" has its own lease, not the run's
-    assert acquire_lease(root, "nightly", "run-1", ttl=60, settle=0) is not None
-    assert acquire_lease(root, "nightly", "run-2", ttl=60, settle=0, folder=RUN_LEASES) is None
-    assert renew_lease(root, "nightly", run, ttl=60, folder=RUN_LEASES)
-    time.sleep(0.6)  # past the first ttl: renewal kept it
-    assert acquire_lease(root, "nightly", "run-2", ttl=60, settle=0, folder=RUN_LEASES) is None
-    release_lease(root, "nightly", run, folder=RUN_LEASES)
-    other = acquire_lease(root, "nightly", "run-2", ttl=60, settle=0, folder=RUN_LEASES)
-    assert other is not None and not renew_lease(root, "nightly", run, ttl=60, folder=RUN_LEASES)
 
 
 def test_drops_by_age_keeps_the_first_finish_across_relabels(tmp_path: Path) -> None:
