@@ -1,20 +1,20 @@
-"""Frames/s of the annotate path end to end vs the bare backbone forward, on the same frames.
+"""Frames/s of the `annotate` stage end to end vs the bare backbone forward, on the same frames.
 
-annotate = JPEG decode (`lam.imageio.decode_image`) + Annotator.predict (backbone, head,
-OptOU, full-res label and confidence) + PNG encode of label and confidence
-(`lam.imageio.encode_png`), with tasks/annotate.py's thread pools. backbone = the frozen
-backbone's forward exactly as annotate runs it (`Annotator.features`: the same optimised
-module, same batch size) on the same, already decoded frames: the ceiling any head can reach.
-The head is trained on one seed frame (`--seed`, default the first of params.yaml's seeds)
-because its output decides the work after the backbone (lam.upsample resolves only pixels
-near class changes); `--untrained` times a randomly initialised head instead, whose noisy
-map takes the dense path (the worst case). backbone_unoptimised = the model's own `extract`
-(the plain timm forward), for reference. Passes are interleaved (backbone, annotate,
-unoptimised, backbone, ...) and each rate is the median over repeats, so load from other
-processes hits all of them alike; `ratio_paired` is the median of the per-repeat ratios
-(each from two back-to-back passes). Prints JSON (and writes it with --out).
+annotate = the stage function itself, `tasks.annotate.annotate`, on a folder of CamVid val
+frames, into a fresh output folder each pass: reads, sha256, skip checks, JPEG decode, the
+model (backbone, head, OptOU, full-resolution label and confidence), PNG encodes, atomic writes
+of labels, confidence and per-frame records, and the manifest. backbone = the frozen backbone's
+forward exactly as annotate runs it (`Annotator.features`: the same optimised module and batch
+size) on the same frames, already decoded: the ceiling any head can reach. Both sides use the
+process's cached model (tasks.model_io.load_annotator), built once before timing. The head is
+trained on one seed frame (`--seed`) because its output decides the work after the backbone
+(lam.upsample resolves only pixels near class changes); `--untrained` times a randomly
+initialised head instead (the dense, worst case). backbone_unoptimised = the model's own
+`extract` (the plain timm forward), for reference. Passes are interleaved and each rate is the
+median over repeats; `ratio_paired` is the median of the per-repeat ratios (two back-to-back
+passes each), so a drift of the machine's speed hits both sides. Prints JSON (--out writes it).
 
-    .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 24] [--batch 4]
+    .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 48] [--batch 4]
         [--seed STEM | --untrained] [--out F]
 """
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
 from lam.classes import ClassList  # noqa: E402
-from lam.imageio import decode_image, decode_label, encode_png  # noqa: E402
-from lam.predictor import Annotator  # noqa: E402
+from lam.imageio import decode_image, decode_label  # noqa: E402
 from lam.train import train_head  # noqa: E402
-from tasks.annotate import CPU_THREADS, IO_THREADS  # noqa: E402
+from lamflow.params import AnnotateParams  # noqa: E402
+from tasks.annotate import annotate  # noqa: E402
+from tasks.model_io import load_annotator, save_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--camvid", default=default_root)
     parser.add_argument("--backbone", default=LamConfig.backbone)
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="median of n interleaved passes")
     parser.add_argument("--seed", default="0006R0_f03150", help="train frame the head fits")
@@ -75,34 +76,27 @@ def main(argv: list[str] | None = None) -> int:
         label = decode_label(seed_label.read_bytes(), args.seed)
         train_head(model, [image], [label], ClassList.from_json(classes).ignore_index)
         head = f"trained on {args.seed}"
-    annotator = Annotator(model, device="cpu", batch_size=args.batch)
-    paths = sorted((root / "val" / "images").glob("*.jpg"))[: args.frames]
-    blobs = [p.read_bytes() for p in paths]
-    decoded = [decode_image(b) for b in blobs]
+    work = Path(tempfile.mkdtemp(prefix="lamflow-throughput-"))
+    model_dir = str(work / "model")
+    save_model(model_dir, model, config)
+    annotator, _ = load_annotator(model_dir, "cpu", args.batch)  # the one annotate uses
+    params = AnnotateParams(device="cpu", batch_size=args.batch, write_overlays=0)
+    images = root / "val" / "images"
+    paths = sorted(images.glob("*.jpg"))[: args.frames]
+    stems = [p.stem for p in paths]
+    decoded = [decode_image(p.read_bytes()) for p in paths]
     batches = [
         torch.from_numpy(np.stack(decoded[i : i + args.batch])).permute(0, 3, 1, 2)
         for i in range(0, len(decoded), args.batch)
     ]
-
-    def encode(pred) -> None:  # noqa: ANN001
-        encode_png(pred.label)
-        encode_png(pred.confidence)
+    runs = iter(range(1_000_000))
 
     def annotate_pass() -> None:
-        # As tasks/annotate.py runs it: reads prefetched by the I/O pool, JPEG decode and PNG
-        # encodes through one CPU thread beside torch's, batches of frames through the model.
-        with (
-            ThreadPoolExecutor(max_workers=CPU_THREADS) as cpu,
-            ThreadPoolExecutor(max_workers=IO_THREADS) as io,
-        ):
-            frames = io.map(lambda blob: cpu.submit(decode_image, blob).result(), blobs)
-            pending = [
-                io.submit(lambda p: cpu.submit(encode, p).result(), p)
-                for batch in iter(lambda: list(islice(frames, args.batch)), [])
-                for p in annotator.predict(batch)
-            ]
-            for fut in pending:
-                fut.result()
+        out = work / f"labels_{next(runs)}"  # fresh each pass: nothing is skipped
+        summary = annotate(model_dir, str(images), str(out), params, stems=stems, progress=False)
+        if summary.labeled != len(stems):
+            raise RuntimeError(f"annotate labeled {summary.labeled} of {len(stems)} frames")
+        shutil.rmtree(out)
 
     def backbone_pass() -> None:
         with torch.inference_mode():
@@ -119,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "annotate": annotate_pass,
         "backbone_unoptimised": unoptimised_pass,
     }
-    annotator.predict(decoded[: args.batch])  # warm-up
+    annotate_pass()  # warm-up (both sides then run on the same cached annotator)
     backbone_pass()
     unoptimised_pass()
     seconds: dict[str, list[float]] = {name: [] for name in passes}
@@ -128,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             fn()
             seconds[name].append(time.perf_counter() - t)
-    fps = {name: len(blobs) / float(np.median(ts)) for name, ts in seconds.items()}
+    shutil.rmtree(work, ignore_errors=True)
+    fps = {name: len(stems) / float(np.median(ts)) for name, ts in seconds.items()}
     result = {
-        "frames": len(blobs),
+        "frames": len(stems),
         "size": list(decoded[0].shape[:2]),
         "batch": args.batch,
         "head": head,

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lam.errors import LamflowError
 from lam.imageio import decode_image, encode_jpeg, encode_png, overlay
-from lam.predictor import Annotator, Prediction
+from lam.predictor import Prediction
 from lamflow.params import AnnotateParams
 from lamflow.storage import (
     exists,
@@ -38,7 +38,7 @@ from lamflow.storage import (
     sha256_bytes,
     write_bytes_atomic,
 )
-from tasks.model_io import load_model
+from tasks.model_io import load_annotator
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
@@ -168,7 +168,7 @@ def annotate(
     is not an error (the drop-level QC accounts for them).
     """
     params = params or AnnotateParams()
-    net, config = load_model(model)
+    annotator, config = load_annotator(model, params.device, params.batch_size)
     names = list(config.class_list.names)
     palette = config.class_list.palette()
     frames = list_images(images)
@@ -177,7 +177,6 @@ def annotate(
         frames = [(s, u) for s, u in frames if s in wanted]
     if not frames:
         raise LamflowError(f"no frames (.jpg/.png) to annotate in {images}")
-    annotator = Annotator(net, device=params.device, batch_size=params.batch_size)
     started = time.perf_counter()
     labeled = skipped = 0
     quarantined: list[dict[str, str]] = []

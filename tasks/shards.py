@@ -1,7 +1,7 @@
 """Distributed `annotate`: a drop cut into shards, each shard one retried Prefect task run.
 
 Each shard calls the same `tasks.annotate.annotate` as the CLI, on an explicit stem list, with
-`shard=True`. The model is cached per worker process (`tasks.model_io.load_model`), so a Dask
+`shard=True`. The model is cached per worker process (`tasks.model_io.load_annotator`), so a Dask
 worker loads it once and reuses it for every shard it runs. Per-frame records make a retried or
 re-run shard skip what is done, so a frame is never labeled twice; a bad frame is quarantined
 inside its shard and never fails it. `finish_annotate` rebuilds manifest.jsonl once at the end.
@@ -18,7 +18,7 @@ from prefect import task
 from lam.errors import LamflowError
 from lamflow.params import AnnotateParams
 from tasks.annotate import annotate, write_manifest
-from tasks.model_io import load_model
+from tasks.model_io import load_annotator
 
 
 def plan_shards(stems: list[str], shard_size: int) -> list[list[str]]:
@@ -57,14 +57,15 @@ def annotate_shard(
     return result
 
 
-def warm_worker(model: str) -> dict[str, Any]:
-    """Load the model into this worker's cache (tasks.model_io.load_model) ahead of the shards.
+def warm_worker(model: str, params: AnnotateParams | None = None) -> dict[str, Any]:
+    """Build this worker's cached annotator (tasks.model_io.load_annotator) before its shards.
 
     Submitted when a drop starts, so the cluster's worker processes start, import torch and
     load the model while the flow ingests the drop, not after it.
     """
     started = time.perf_counter()
-    load_model(model)
+    params = params or AnnotateParams()
+    load_annotator(model, params.device, params.batch_size)
     return {"pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
 
 
