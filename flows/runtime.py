@@ -109,4 +109,21 @@ def shared_prefect_api() -> Iterator[str]:
         else:
             os.environ["PREFECT_API_URL"] = previous
         if server is not None:
+            _drain_api_workers()
             server.stop()
+
+
+def _drain_api_workers(timeout: float = 10.0) -> None:
+    """Send the logs and events Prefect still holds in its background workers while the API
+    is up: they go out in batches every few seconds, and a batch sent after the temporary server
+    stopped printed "Error logging to API / All connection attempts failed" at exit (Prefect's
+    own test harness drains the same two workers before it stops its server).
+
+    Call from synchronous code (the CLI): with an event loop running, drain_all would return
+    a coroutine instead of waiting.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)

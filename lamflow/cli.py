@@ -37,6 +37,11 @@ def _quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def _one_line(exc: BaseException) -> str:
+    """`exc` as one line (an error message may span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -70,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"lamflow: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        # An optional package a backend needs is missing: the registries' MissingDependencyError
+        # carries the install hint; any other import error is printed in Python's words.
+        if args.verbose:
+            raise
+        print(f"lamflow: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lamflow: interrupted", file=sys.stderr)

@@ -9,12 +9,16 @@ from lam.registry import Registry
 
 SEGMENTERS = Registry("prompt segmenter")
 SEGMENTERS.register(
-    "sam", "lam.prompts.sam:SamSegmenter", "pip install segment-anything (and a checkpoint)"
+    "sam",
+    "lam.prompts.sam:SamSegmenter",
+    "pip install segment-anything (and a checkpoint)",
+    requires=["segment_anything"],
 )
 SEGMENTERS.register(
     "region_grow",
     "lam.prompts.region_grow:RegionGrowSegmenter",
     "pip install opencv-python-headless",
+    requires=["cv2"],
 )
 
 

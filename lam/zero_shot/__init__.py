@@ -13,9 +13,11 @@ ZERO_SHOT.register(
     "grounded_sam",
     "lam.zero_shot.grounded_sam:build_grounded_sam",
     "pip install transformers segment-anything (and local detector + SAM weights)",
+    requires=["transformers"],  # segment_anything only for a .pth SAM (checked when built)
 )
 ZERO_SHOT.register(
     "maskclip",
     "lam.zero_shot.maskclip:build_maskclip",
     "pip install transformers (and a local CLIP directory)",
+    requires=["transformers"],
 )

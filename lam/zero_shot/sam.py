@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lam.errors import LamflowError
+from lam.registry import require
 from lam.zero_shot.model_dir import check_model_dir
 
 
@@ -53,6 +54,7 @@ def check_sam(sam: str, what: str, automatic: bool = False) -> None:
 
 def load_segment_anything(checkpoint: str, model_type: str = "vit_b", device: str = "cpu") -> Any:
     """A segment-anything `Sam` from a local checkpoint (LamflowError naming what is wrong)."""
+    require("a SAM .pth checkpoint", ["segment_anything"], "pip install segment-anything")
     from segment_anything import sam_model_registry
 
     if not checkpoint:
