@@ -15,22 +15,25 @@ from prefect.artifacts import create_markdown_artifact
 from lam.imageio import decode_image
 from lamflow.params import Params
 from lamflow.storage import join, list_dir, read_bytes
-from tasks.adapt import adapt_task, adapted_model_url
-from tasks.export import export_dest, export_task
-from tasks.ingest import INGEST_MANIFEST, drop_url, ingest_task
+from tasks.adapt import adapted_model_url
+from tasks.export import export_dest
+from tasks.ingest import INGEST_MANIFEST, drop_url
 from tasks.label_folder import drop_labels_url
 from tasks.models import seed_sources
-from tasks.qc import qc_task
 from tasks.seed_set import seed_set_url
-from tasks.shards import (
-    annotate_shard_task,
-    busy_seconds,
-    finish_annotate_task,
-    plan_shards,
-    warm_worker_task,
-)
-from tasks.vocabulary import VOCABULARY_FILE, vocabulary_task
+from tasks.shards import busy_seconds, plan_shards
+from tasks.vocabulary import VOCABULARY_FILE
 
+from .stage_tasks import (
+    adapt_task,
+    annotate_manifest_task,
+    annotate_shard_task,
+    annotate_warm_up_task,
+    export_task,
+    ingest_task,
+    qc_task,
+    vocabulary_task,
+)
 from .state import is_accepted
 
 
@@ -111,10 +114,10 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     if params.pipeline.adapt_per_drop:
         manifest = ingest_task(root, drive, params.ingest, progress=False)
         model = adapted_model(root, drive, images, model, params)
-        warm = warm_worker_task.submit(model["model"], params.annotate)
+        warm = annotate_warm_up_task.submit(model["model"], params.annotate)
     else:
         # Start the workers (they import torch and load the model) while the flow ingests.
-        warm = warm_worker_task.submit(model["model"], params.annotate)
+        warm = annotate_warm_up_task.submit(model["model"], params.annotate)
         manifest = ingest_task(root, drive, params.ingest, progress=False)
     if params.pipeline.vocabulary_per_drop:  # which classes does the drop hold? (step 1)
         vocabulary_task(
@@ -135,7 +138,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     ]
     shard_results = [f.result() for f in futures]
     warm.result()
-    counts = finish_annotate_task(out)
+    counts = annotate_manifest_task(out)
     if counts["quarantined"]:
         logger.warning(
             "drop %s: %d frame(s) quarantined: %s",

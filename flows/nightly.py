@@ -37,13 +37,13 @@ from lam.errors import LamflowError
 from lamflow.params import Params, load_params
 from lamflow.storage import join, safe_name
 from tasks.ingest import add_drop, drop_url, list_drops
-from tasks.models import ensure_model_task, seed_sources
-from tasks.version import version_task
+from tasks.models import seed_sources
 from tasks.vocabulary import VOCABULARY_FILE
 
 from .drop import adapted_model, label_drop
 from .review_loop import loop_report, pending_pushes, pull_step, push_step, pushed_overlays
 from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
+from .stage_tasks import train_task, version_task
 from .state import (
     RUN_LEASES,
     done_drives,
@@ -124,7 +124,7 @@ def _run_drops(
     # The night's new drops are the frames the model is for: `train --unlabeled` (read only
     # when train.unlabeled_method is not none; their labels are never read).
     drop_images = [join(drop_url(root, d), "images") for d in drives]
-    model = ensure_model_task(root, params, progress=False, unlabeled=drop_images)
+    model = train_task(root, params, progress=False, unlabeled=drop_images)
     write_model_pointer(root, model)
     renew()
     backfill = [

@@ -26,16 +26,18 @@ from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes
 from tasks.ingest import drop_url
 from tasks.models import seed_sources
-from tasks.review_files import review_pull_files_task, review_push_files_task
-from tasks.review_select import SELECTION, review_select_task
-from tasks.review_sync import (
-    pushed_url,
-    review_pull_task,
-    review_push_task,
-)
+from tasks.review_select import SELECTION
+from tasks.review_sync import pushed_url
 from tasks.seed_set import seed_set_url
 
 from .drop import thumbnail_markdown
+from .stage_tasks import (
+    review_pull_files_task,
+    review_pull_task,
+    review_push_files_task,
+    review_push_task,
+    review_select_task,
+)
 
 log = logging.getLogger(__name__)
 

@@ -120,17 +120,20 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write so readers never see a partial object.
 
     Local and memory file systems: write a temporary sibling, then rename over the target.
-    S3: a single PUT is already atomic (the object appears complete or not at all).
+    The temporary is hidden (".NAME.tmp-XXXXXXXX": no item name starts with '.', see
+    `safe_name`); a process killed mid-write leaves it behind, and `remove_temporaries`
+    deletes such leftovers. S3: a single PUT is already atomic (the object appears complete or
+    not at all) and leaves nothing behind.
     """
     fs, path = get_fs(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    parent, slash, name = path.rpartition("/")
     if "s3" in _protocols(fs):
         with fs.open(path, "wb") as fh:
             fh.write(data)
         return
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = f"{parent}{slash}.{name}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, "wb") as fh:
         fh.write(data)
     fs.mv(tmp, path)
@@ -138,6 +141,33 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
 
 def write_text_atomic(url: str, text: str) -> None:
     write_bytes_atomic(url, text.encode("utf-8"))
+
+
+_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{8}$")
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of an atomic write's temporary file (a write in progress, or one a
+    killed process left behind)."""
+    return bool(_TEMPORARY.search(name))
+
+
+def remove_temporaries(url: str) -> list[str]:
+    """Delete the atomic writes' temporary files directly under folder `url`; returns their
+    names. Only for when no write into `url` can be in progress (e.g. under the lease of the
+    run that owns it): a temporary there was left by a killed writer."""
+    fs, path = get_fs(url)
+    if "s3" in _protocols(fs):
+        return []  # S3 writes leave no temporaries
+    removed = []
+    for name in list_dir(url):
+        if is_temporary(name):
+            try:
+                fs.rm(f"{path.rstrip('/')}/{name}")
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
 
 
 def list_images(url: str) -> list[tuple[str, str]]:
@@ -258,7 +288,10 @@ def _create_local(path: str, data: bytes) -> bool:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    head, name = os.path.split(path)
+    tmp = os.path.join(
+        head, f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    )  # hidden, as in write_bytes_atomic
     with open(tmp, "wb") as fh:
         fh.write(data)
     try:

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from lam.adapt import AdaptSettings, adapt_to_frames
 from lam.artifact import CONFIG_FILE
@@ -167,6 +166,3 @@ def adapt(
     write_text_atomic(join(out, ADAPT_REPORT), json.dumps(report, indent=2))
     log.info("adapted %s -> %s in %.1fs", source_version, version, report["seconds"])
     return report
-
-
-adapt_task = task(name="adapt", retries=0)(adapt)

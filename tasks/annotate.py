@@ -22,7 +22,6 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
-from prefect import task
 from tqdm import tqdm
 
 from lam.errors import LamflowError
@@ -35,6 +34,7 @@ from lamflow.storage import (
     list_dir,
     list_images,
     read_bytes,
+    remove_temporaries,
     sha256_bytes,
     write_bytes_atomic,
 )
@@ -42,6 +42,7 @@ from tasks.model_io import load_annotator
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
+OUTPUT_FOLDERS = ("labels", "confidence", "overlays", "records")  # under `out`, one file a frame
 # Threads for reads/writes (mostly waiting on storage) and for decode/encode (CPU). One CPU
 # thread next to torch's: on 2 cores, two gave 0.78 of the bare backbone's rate (0.67-0.83
 # over 8 passes) against 0.81 (0.77-0.90) with one (JPEG decode ~1.7 ms, PNG encodes ~0.9 ms
@@ -139,7 +140,14 @@ def _stats(pred: Prediction, names: list[str]) -> dict[str, Any]:
 
 
 def write_manifest(out: str) -> list[dict[str, Any]]:
-    """Rebuild `out/manifest.jsonl` from the per-frame records; returns the records."""
+    """Rebuild `out/manifest.jsonl` from the per-frame records; returns the records.
+
+    Called once a run's writes are all done (the end of `annotate`, or after all its shards), so a
+    temporary file of an atomic write still under `out` was left by a killed run: deleted.
+    """
+    for folder in (out, *(join(out, sub) for sub in OUTPUT_FOLDERS)):
+        for name in remove_temporaries(folder):
+            log.info("removed %s/%s, left by an interrupted write", folder, name)
     records = []
     for name in list_dir(join(out, "records")):
         if name.endswith(".json"):
@@ -296,6 +304,3 @@ def annotate(
         seconds=round(seconds, 3),
         frames_per_second=round(labeled / seconds, 3) if seconds > 0 else 0.0,
     )
-
-
-annotate_task = task(name="annotate", retries=2, retry_delay_seconds=5)(annotate)

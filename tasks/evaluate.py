@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prefect import task
-
 from lam.errors import LamflowError
 from lam.imageio import decode_label
 from lam.metrics import ConfusionAccumulator
@@ -53,6 +51,3 @@ def evaluate(
     if missing:
         log.warning("%d prediction(s) have no ground truth and were not scored", len(missing))
     return {**acc.scores().as_dict(), "n_images": acc.n_images, "missing_labels": len(missing)}
-
-
-evaluate_task = task(name="evaluate")(evaluate)

@@ -17,7 +17,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect import task
 from tqdm import tqdm
 
 from lam.artifact import CONFIG_FILE
@@ -30,6 +29,7 @@ from lamflow.storage import (
     get_fs,
     join,
     read_bytes,
+    remove_temporaries,
     safe_name,
     write_bytes_atomic,
     write_text_atomic,
@@ -108,6 +108,11 @@ def export(
             written += int(did)
             bar.update(1)
     bar.close()
+    # Under the drop's lease (or a lone CLI run) no other write into `dest` is in progress: a
+    # temporary file of an atomic write there was left by a killed export.
+    for folder in (dest, join(dest, "labels"), join(dest, "confidence")):
+        for name in remove_temporaries(folder):
+            log.info("removed %s/%s, left by an interrupted write", folder, name)
     review: list[Any] = []
     qc_dir = qc_dir or labels
     for name in ("review.json", "review.csv"):
@@ -133,6 +138,3 @@ def export(
         "skipped": len(labeled) - written,
         "review": len(review),
     }
-
-
-export_task = task(name="export", retries=2, retry_delay_seconds=5)(export)

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
-from prefect import task
 from tqdm import tqdm
 
 from lam.errors import LamflowError
@@ -165,6 +164,3 @@ def add_drop(
             bar.update(1)
     bar.close()
     return len(jobs)
-
-
-ingest_task = task(name="ingest", retries=2, retry_delay_seconds=5)(ingest)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prefect import task
-
 from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
@@ -148,6 +146,3 @@ def ensure_model(
         "train_seconds": float(report.get("seconds", 0.0)) if trained else 0.0,
         "class_pixels": report.get("class_pixels", {}),
     }
-
-
-ensure_model_task = task(name="train", retries=1)(ensure_model)

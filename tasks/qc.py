@@ -44,7 +44,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from lam.errors import LamflowError
 from lam.imageio import decode_label
@@ -363,6 +362,3 @@ def qc(
     if status != "pass":
         log.warning("qc %s for drop %s: %s", status, drive, [c["column"] for c in failed])
     return summary
-
-
-qc_task = task(name="qc")(qc)

@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from prefect import task
 from tqdm import tqdm
 
 from lam.classes import ClassList
@@ -208,8 +207,3 @@ def export_coco(labels: str, out: str, classes: str, progress: bool = True) -> d
     coco = labels_to_coco(frames, class_list, info={"description": f"lamflow labels {labels}"})
     write_text_atomic(out, json.dumps(coco))
     return {"out": out, "images": len(frames), "annotations": len(coco["annotations"])}
-
-
-review_export_task = task(name="review_export", retries=0)(review_export)
-review_import_task = task(name="review_import", retries=0)(review_import)
-export_coco_task = task(name="export_coco", retries=0)(export_coco)

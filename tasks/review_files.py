@@ -13,8 +13,6 @@ import json
 import time
 from typing import Any
 
-from prefect import task
-
 from lam.errors import LamflowError
 from lamflow.params import ReviewParams
 from lamflow.storage import (
@@ -143,11 +141,3 @@ def review_push_files(
     record.update(pushed_at=utc_now(), tasks=rows, already=[])
     write_text_atomic(pushed_url(root, drive), json.dumps(record, indent=1))
     return record
-
-
-review_push_files_task = task(name="review_push", retries=2, retry_delay_seconds=5)(
-    review_push_files
-)
-review_pull_files_task = task(name="review_pull", retries=2, retry_delay_seconds=5)(
-    review_pull_files
-)

@@ -18,7 +18,6 @@ import zlib
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from lam.errors import LamflowError
 from lam.seeds.review import (
@@ -153,6 +152,3 @@ def review_select(
     write_text_atomic(out, json.dumps(doc, indent=1))
     log.info("chose %d of %d frame(s) for review -> %s", len(chosen), len(candidates), out)
     return doc
-
-
-review_select_task = task(name="review_select", retries=0)(review_select)

@@ -27,8 +27,6 @@ import logging
 import time
 from typing import Any
 
-from prefect import task
-
 from lam.errors import LamflowError
 from lam.formats.labelstudio import annotation_to_label, labeling_config, review_task
 from lam.imageio import IMAGE_SUFFIXES, decode_image, decode_label
@@ -280,7 +278,3 @@ def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> 
         "unchanged": unchanged,
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-review_push_task = task(name="review_push", retries=2, retry_delay_seconds=5)(review_push)
-review_pull_task = task(name="review_pull", retries=2, retry_delay_seconds=5)(review_pull)

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import numpy as np
-from prefect import task
 from tqdm import tqdm
 
 from lam.classes import ClassList
@@ -151,6 +150,3 @@ def seed_masks(
     }
     log.info("seed masks: %d written, %d skipped -> %s", len(written), len(skipped), out)
     return summary
-
-
-seed_masks_task = task(name="seed_masks", retries=0)(seed_masks)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from prefect import task
 from tqdm import tqdm
 
 from lam.build import build_backbone
@@ -277,6 +276,3 @@ def read_seed_stems(url: str) -> list[str]:
         return [row["stem"] for row in sorted(doc["seeds"], key=lambda r: r["rank"])]
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise LamflowError(f"{url} is not a seeds.yaml written by select_seeds: {exc}") from exc
-
-
-select_seeds_task = task(name="select_seeds", retries=0)(select_seeds)

@@ -9,16 +9,17 @@ inside its shard and never fails it. `finish_annotate` rebuilds manifest.jsonl o
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
-
-from prefect import task
 
 from lam.errors import LamflowError
 from lamflow.params import AnnotateParams
 from tasks.annotate import annotate, write_manifest
 from tasks.model_io import load_annotator
+
+log = logging.getLogger(__name__)
 
 
 def plan_shards(stems: list[str], shard_size: int) -> list[list[str]]:
@@ -61,12 +62,20 @@ def warm_worker(model: str, params: AnnotateParams | None = None) -> dict[str, A
     """Build this worker's cached annotator (tasks.model_io.load_annotator) before its shards.
 
     Submitted when a drop starts, so the cluster's worker processes start, import torch and
-    load the model while the flow ingests the drop, not after it.
+    load the model while the flow ingests the drop, not after it. Only a head start: a storage
+    error reading the model is logged and returned ("error"), not raised, since every shard
+    loads the model itself (with its own retries); raising failed a drop whose shards had all
+    labeled fine after a storage outage during the warm-up.
     """
     started = time.perf_counter()
     params = params or AnnotateParams()
-    load_annotator(model, params.device, params.batch_size)
-    return {"pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)}
+    result: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        load_annotator(model, params.device, params.batch_size)
+    except OSError as exc:  # s3fs raises OSError (and subclasses) for storage faults
+        log.warning("warm-up of %s failed, the shards load it themselves: %s", model, exc)
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def busy_seconds(intervals: list[list[float]]) -> float:
@@ -93,13 +102,3 @@ def finish_annotate(out: str) -> dict[str, Any]:
         "labeled": len(records) - len(quarantined),
         "quarantined": [{"stem": r["stem"], "reason": r["reason"]} for r in quarantined],
     }
-
-
-annotate_shard_task = task(
-    name="annotate-shard",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    task_run_name="annotate-shard-{stems[0]}",
-)(annotate_shard)
-warm_worker_task = task(name="annotate-warm-up", retries=1)(warm_worker)
-finish_annotate_task = task(name="annotate-manifest", retries=2)(finish_annotate)

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from prefect import task
 from tqdm import tqdm
 
 from lam.build import LamConfig, build_lam
@@ -221,6 +220,3 @@ def _load_seeds(
         provenance += prov
         weights += conf
     return out_images, out_labels, provenance, weights
-
-
-train_task = task(name="train", retries=0)(train)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import task
 
 from lam.errors import LamflowError
 from lamflow.params import VersioningParams
@@ -232,6 +231,3 @@ def list_versions(workspace: str) -> list[dict[str, str]]:
         for tag in sorted((t for t in tags if t.startswith("run-")), reverse=True):
             rows.append({"tag": tag, "commit": commit, "date": date, "message": message})
     return rows
-
-
-version_task = task(name="version", retries=2, retry_delay_seconds=10)(version)

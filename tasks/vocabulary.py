@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from prefect import task
 from tqdm import tqdm
 
 from lam.errors import LamflowError
@@ -319,6 +318,3 @@ def _publish_artifact(doc: dict[str, Any]) -> None:
         markdown=artifact_markdown(doc),
         description=json.dumps(doc["frames"]),
     )
-
-
-vocabulary_task = task(name="vocabulary", retries=0)(vocabulary)

@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import numpy as np
-from prefect import task
 from tqdm import tqdm
 
 from lam.classes import ClassList
@@ -303,6 +302,3 @@ def zero_shot_seeds(
         )
     log.info("zero-shot seeds: %d used, %d rejected -> %s", len(used), len(rejected), out)
     return report
-
-
-zero_shot_seeds_task = task(name="zero_shot_seeds", retries=0)(zero_shot_seeds)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,3 +102,38 @@ def scene_folder(tmp_path: Path, tiny_classes: dict) -> Path:
         Image.fromarray(lab).save(tmp_path / "labels" / f"drive1_{i:04d}.png")
     (tmp_path / "classes.json").write_text(json.dumps(tiny_classes))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real SeaweedFS S3 server on free loopback ports, with bucket `lamflow-test`.
+
+    The environment points lamflow (s3fs) and boto at it for the whole session.
+    """
+    from lamflow.s3server import Credentials, SeaweedServer
+
+    server = SeaweedServer.with_free_ports(
+        tmp_path_factory.mktemp("seaweed"), Credentials("lamflowtest", "test-secret-not-real")
+    )
+    server.start(timeout=120)
+    try:
+        with _environment(server.env()):
+            server.make_bucket("lamflow-test")
+            yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration (session fixtures cannot use monkeypatch)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -24,7 +24,6 @@ import pytest
 from flows.state import acquire_lease, done_drives, mark_done, read_done
 from lam.errors import LamflowError
 from lamflow.params import Params
-from tests.pipeline.conftest import seaweed  # noqa: F401 - the session's SeaweedFS
 from tests.pipeline.helpers import write_drop, write_params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,7 +183,7 @@ def _wait_for(paths: list[Path], procs: list[subprocess.Popen[bytes]], logs: Pat
 @pytest.mark.slow
 def test_two_nightly_runs_started_together_label_every_frame_once(
     prefect_harness: None,
-    seaweed: Any,  # noqa: F811
+    seaweed: Any,
     seed_set: Path,
     tmp_path: Path,
 ) -> None:

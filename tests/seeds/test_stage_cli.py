@@ -79,7 +79,7 @@ def test_cli_end_to_end(
     import tasks.select_seeds as stage
 
     monkeypatch.setattr(stage, "build_backbone", lambda *a, **k: pytest.fail("cache missed"))
-    again = stage.select_seeds_task.fn(
+    again = stage.select_seeds(
         str(d / "images"),
         str(seeds),
         stage.SelectSeedsParams(budget=2, short_side=0, dedupe_threshold=0.999),
