@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lamflow.cli import main
+from cli.main import main
+
+_REPO = Path(__file__).resolve().parents[2]
 
 FAST = ["--set", "train.iterations=5", "--set", "train.scales=[1.0]"]
 
@@ -59,7 +61,8 @@ def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: 
         and len(report["seeds"][0]["image_sha256"]) == 64
     )
     out = tmp_path / "ann"
-    assert _annotate(model_dir, str(scene_folder / "images"), str(out), "--overlays", "2") == 0
+    overlays = ["--set", "annotate.write_overlays=2"]
+    assert _annotate(model_dir, str(scene_folder / "images"), str(out), *overlays) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["labeled"] == 6 and summary["quarantined"] == []
     for stem in [f"drive1_{i:04d}" for i in range(6)]:
@@ -301,3 +304,35 @@ def test_end_to_end_on_camvid(camvid: Path, tmp_path: Path, capsys):
     assert scores["n_images"] == 4
     assert scores["miou"] > 15  # chance on 11 classes is ~5; a real model is far above
     assert scores["per_class"]["road"]["iou"] > 60
+
+
+def test_every_stage_has_one_generated_entry_and_alias(capsys) -> None:
+    """`lamflow NAME` and `lamflow stage NAME` are the same parser, made from the table."""
+    from cli.stages import STAGES, alias
+
+    for name in STAGES:
+        for argv in (["stage", name, "--help"], [alias(name), "--help"]):
+            with pytest.raises(SystemExit) as done:
+                main(argv)
+            assert done.value.code == 0
+        stage_help, alias_help = capsys.readouterr().out.split("usage:")[1:]
+        assert stage_help == alias_help, name
+
+
+def test_help_and_params_import_neither_torch_nor_prefect() -> None:
+    """`lamflow --help`, `lamflow stage qc --help` and parsing params stay light (< 1 s)."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from cli.main import main\n"
+        "from lamflow.params import load_params\n"
+        "load_params('params.yaml')\n"
+        "for argv in (['--help'], ['stage', 'qc', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'prefect', 'timm'})\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=_REPO, check=True
+    )
+    assert done.stdout.strip() == "", f"imported {done.stdout.strip()}"

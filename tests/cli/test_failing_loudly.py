@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lamflow.cli import main
+from cli.main import main
 from tests.conftest import make_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_the_console_script_shows_no_traceback_for_a_missing_package(tmp_path: P
     """In a fresh process, the import of transformers fails as if it were not installed."""
     args = _vocabulary_args(tmp_path, "clip")
     code = (
-        "import sys; sys.modules['transformers'] = None; from lamflow.cli import main; "
+        "import sys; sys.modules['transformers'] = None; from cli.main import main; "
         f"sys.exit(main({args!r}))"
     )
     proc = subprocess.run(
@@ -84,7 +84,7 @@ def test_a_run_on_a_temporary_prefect_server_ends_without_api_log_errors(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "lamflow.cli", "nightly", "--params", str(params)],
+        [sys.executable, "-m", "cli.main", "nightly", "--params", str(params)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -227,7 +227,7 @@ def test_sigkilled_run_is_finished_by_a_rerun_with_no_partial_file(
     }
     log = (tmp_path / "killed-run.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lamflow.cli", "nightly", "--params", str(params)],
+        [sys.executable, "-m", "cli.main", "nightly", "--params", str(params)],
         cwd=REPO,
         env=env,
         stdout=log,

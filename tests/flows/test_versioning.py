@@ -20,9 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _run(params: Path) -> dict[str, Any]:
     with shared_prefect_api():
-        return nightly.with_options(task_runner=dask_runner("", workers=1))(
-            params_file=str(params)
-        )
+        return nightly.with_options(task_runner=dask_runner("", workers=1))(params_file=str(params))
 
 
 def _files(folder: Path) -> dict[str, bytes]:

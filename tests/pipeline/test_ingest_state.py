@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
+from cli.stages import STAGES, resolve_stage, stage_parser
 from flows.state import done_drives, mark_done
 from lam.errors import LamflowError
-from lamflow.cli import main
-from lamflow.commands.pipeline import STAGES, resolve_stage, stage_parser
 from tasks.ingest import add_drop, ingest, list_drops, read_ingest
 from tests.pipeline.helpers import write_drop
 
@@ -65,7 +65,7 @@ def test_every_stage_row_resolves_to_a_function_and_parser(name: str) -> None:
 
 
 def test_unknown_stage_lists_the_known_ones() -> None:
-    with pytest.raises(LamflowError, match="known stages: annotate, .*qc"):
+    with pytest.raises(LamflowError, match="known stages: adapt, annotate, .*qc"):
         resolve_stage("nope")
 
 

@@ -137,7 +137,7 @@ def test_export_publishes_labels_and_the_review_list(
 def test_stage_qc_exits_nonzero_on_a_failed_qc_so_dvc_repro_stops(
     tmp_path: Path, tiny_model: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lamflow.cli import main
+    from cli.main import main
 
     out, _ = _label_drop(tmp_path, tiny_model)
     finish_annotate(out)

@@ -336,8 +336,8 @@ def test_an_extra_record_fails_the_accounting_columns(drop: Drop) -> None:
 
 
 def test_stage_qc_takes_a_history_url(drop: Drop) -> None:
-    from lamflow.cli import main
-    from lamflow.commands.pipeline import stage_parser
+    from cli.main import main
+    from cli.stages import stage_parser
 
     assert "--history" in stage_parser("qc").format_help()
     args = ["stage", "qc", "--labels", str(drop.out), "--model", drop.model]

@@ -118,3 +118,19 @@ def test_versions_go_through_seaweedfs(seaweed: Any, tmp_path: Path) -> None:
     assert one["remote"] == "s3://lamflow-test/versioned/dvc-store"
     assert _snapshot(one["remote"]), "the DVC remote on S3 holds the data"
     _check_restores_run_one(tmp_path / "restored", one, two, model, labels)
+
+
+def test_the_versions_command_lists_traces_and_restores(tmp_path: Path, capsys) -> None:
+    from cli.main import main
+
+    root = str(tmp_path / "root")
+    one, _, model, _ = _two_runs(root, VersioningParams())
+    ws = ["--workspace", one["workspace"]]
+    assert main(["versions", "list", *ws]) == 0
+    assert [v["tag"] for v in json.loads(capsys.readouterr().out)] == ["run-run2", "run-run1"]
+    assert main(["versions", "lineage", *ws, "--rev", "run-run1", "--drive", "d1"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_version"] == "v1"
+    out = tmp_path / "model"
+    argv = ["versions", "restore", *ws, "--rev", "run-run1", "--path", "models/v1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert _local(out) == model

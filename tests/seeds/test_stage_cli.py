@@ -1,5 +1,5 @@
 """End to end on a few synthetic frames through the CLI: select-seeds -> prompts -> seed-masks
--> review export/import (Label Studio, CVAT, Cityscapes) -> export-coco; plus stage details."""
+-> review-export/review-import (Label Studio, CVAT, Cityscapes) -> export-coco; stage details."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from cli.main import main
 from lam.errors import LamflowError
-from lamflow.cli import main
 
 
 def _prompts_from_truth(label: np.ndarray) -> dict:
@@ -147,8 +147,7 @@ def test_cli_end_to_end(
         assert (
             main(
                 [
-                    "review",
-                    "export",
+                    "review-export",
                     "--images",
                     str(d / "images"),
                     "--out",
@@ -165,7 +164,7 @@ def test_cli_end_to_end(
             == 0
         )
         back = tmp_path / f"back_{fmt}"
-        assert main(["review", "import", "--src", str(exported), "--out", str(back), *cls]) == 0
+        assert main(["review-import", "--src", str(exported), "--out", str(back), *cls]) == 0
         for stem in stems:
             ours = np.asarray(Image.open(masks / f"{stem}.png"))
             theirs = np.asarray(Image.open(back / f"{stem}.png"))
@@ -215,8 +214,7 @@ def test_review_export_needs_frames(scene_folder: Path, capsys) -> None:
     d = scene_folder
     code = main(
         [
-            "review",
-            "export",
+            "review-export",
             "--images",
             str(d / "images"),
             "--out",

@@ -200,7 +200,7 @@ def test_nightly_bootstraps_the_seed_set_from_zero_shot_labels(frames, oracle, t
 
 
 def test_cli_names_the_missing_model_directory(frames, tmp_path, capsys):
-    from lamflow.cli import main
+    from cli.main import main
 
     params = tmp_path / "p.yaml"
     params.write_text(json.dumps({"data": {"classes": str(tmp_path / "classes.json")}}))
@@ -233,7 +233,7 @@ def test_model_paths_are_checked_before_any_frame(tmp_path):
 
 
 def test_an_empty_class_list_fails_in_one_line(frames, tmp_path, capsys):
-    from lamflow.cli import main
+    from cli.main import main
 
     (tmp_path / "empty.json").write_text('{"classes": []}')
     params = tmp_path / "p.yaml"

@@ -1,9 +1,12 @@
-"""`lamflow stage NAME | nightly | bootstrap | serve | drop add|accept | s3 up|down|env`.
+"""`lamflow stage NAME` and its short alias `lamflow NAME` (dashes for underscores): one entry
+per stage, both generated from the `STAGES` table below.
 
-`lamflow stage NAME` calls the plain stage function named in `STAGES`; its command-line options
-are made from the function's signature (`images: str` -> `--images URL`, `seeds: list[str]` ->
-`--seeds STEM...`), its params section(s) come from params.yaml (+ `--set` overrides), and an
-omitted option falls back to the params key named in `defaults`. Adding a stage is one row.
+A row names the plain stage function; its command-line options are made from the function's
+signature (`images: str` -> `--images URL`, `seeds: list[str]` -> `--seeds STEM...`,
+`progress` -> `--no-progress`), its params section(s) come from params.yaml (+ `--set`
+overrides), and an omitted option falls back to the params key named in `defaults`. Adding a
+stage is one row; nothing about a stage's command line is written by hand. A stage's module is
+imported only when that stage runs (or shows its --help), so `lamflow --help` stays fast.
 """
 
 from __future__ import annotations
@@ -12,12 +15,10 @@ import argparse
 import importlib
 import inspect
 import json
-import os
 import sys
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -28,59 +29,50 @@ from lamflow.storage import join, write_text_atomic
 
 @dataclass(frozen=True)
 class StageSpec:
-    """How `lamflow stage NAME` calls a stage.
+    """How `lamflow stage NAME` (and `lamflow NAME`) calls a stage.
 
     target: "module:function" of the plain stage function.
     sections: function argument -> params.yaml section passed to it (validated model).
     defaults: function argument -> params key (dotted, or a name in `_DERIVED`) used when the
         option is not given on the command line.
+    options: function argument -> option name, where the argument's own name reads badly on a
+        command line (`fmt` -> `--format`).
+    unless: function argument -> another argument that, when given, turns the first one's
+        params default off (`train --seed-set DIR` trains on that set, not also on the
+        seeds of params.yaml).
     """
 
     target: str
     help: str
     sections: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    unless: dict[str, str] = field(default_factory=dict)
 
 
+_SEEDS = {"images": "seed_images", "labels": "seed_labels", "classes": "classes"}
 _STAGES: dict[str, StageSpec] = {
+    # the pipeline, in order (dvc.yaml)
     "ingest": StageSpec(
         "tasks.ingest:ingest",
         "register a drop: frames, sha256, size, decode check -> ingest.json",
         {"params": "ingest"},
         {"root": "data.root"},
     ),
-    "train": StageSpec(
-        "tasks.train:train",
-        "train the annotator from the seed frames",
-        {"model": "model", "settings": "train"},
-        {
-            "images": "seed_images",
-            "labels": "seed_labels",
-            "classes": "classes",
-            "seeds": "train.seeds",
-        },
-    ),
-    "annotate": StageSpec(
-        "tasks.annotate:annotate", "label a drop (or some stems of it)", {"params": "annotate"}
-    ),
-    "qc": StageSpec(
-        "tasks.qc:qc", "Great Expectations checks over a labeled drop", {"params": "qc"}
-    ),
-    "export": StageSpec(
-        "tasks.export:export", "publish labels in the chosen format", {"params": "export"}
-    ),
     "vocabulary": StageSpec(
         "tasks.vocabulary:vocabulary",
-        "discover a drop's label vocabulary",
+        "discover a drop's label vocabulary -> vocabulary.yaml",
         {"params": "vocabulary"},
     ),
     "select_seeds": StageSpec(
         "tasks.select_seeds:select_seeds",
-        "choose the seed frames of a drop",
+        "choose the frames of a drop worth annotating -> seeds.yaml",
         {"params": "select_seeds"},
     ),
     "seed_masks": StageSpec(
-        "tasks.seed_masks:seed_masks", "segment the prompted seed frames", {"params": "seed_masks"}
+        "tasks.seed_masks:seed_masks",
+        "turn prompt files (clicks, boxes, ...) into seed label PNGs",
+        {"params": "seed_masks"},
     ),
     "zero_shot_seeds": StageSpec(
         "tasks.zero_shot_seeds:zero_shot_seeds",
@@ -88,6 +80,52 @@ _STAGES: dict[str, StageSpec] = {
         {"params": "zero_shot_seeds", "vocabulary": "vocabulary"},
         {"classes": "classes"},
     ),
+    "import_seeds": StageSpec(
+        "tasks.seed_set:import_seeds",
+        "copy seed frames + labels into a seed set, byte for byte",
+        defaults={"stems": "train.seeds", **_SEEDS},
+    ),
+    "seed_set": StageSpec(
+        "tasks.seed_set:seed_set",
+        "merge imported and prompted seeds into the seed set train reads",
+        defaults={"classes": "classes"},
+    ),
+    "train": StageSpec(
+        "tasks.train:train",
+        "train the annotator from seed frames (or a seed set)",
+        {"model": "model", "settings": "train"},
+        {**_SEEDS, "seeds": "train.seeds"},
+        unless={"seeds": "seed_set"},
+    ),
+    "adapt": StageSpec(
+        "tasks.adapt:adapt",
+        "optional: self-train a trained model on a drop's frames (new model directory)",
+        {"settings": "adapt"},
+        {"seed_images": "seed_images", "seed_labels": "seed_labels"},
+    ),
+    "annotate": StageSpec(
+        "tasks.annotate:annotate", "label a drop (or some stems of it)", {"params": "annotate"}
+    ),
+    "qc": StageSpec(
+        "tasks.qc:qc",
+        "check a labeled drop's written outputs, read back",
+        {"params": "qc"},
+    ),
+    "export": StageSpec(
+        "tasks.export:export", "publish labels in the chosen format", {"params": "export"}
+    ),
+    "evaluate": StageSpec(
+        "tasks.evaluate:evaluate",
+        "score labels against ground truth (mIoU; the seeds are not scored)",
+        defaults={"classes": "classes", "exclude": "train.seeds"},
+    ),
+    "version": StageSpec(
+        "tasks.version:version",
+        "version a run's seed set, model, vocabularies and labels with DVC (git tag run-RUN)",
+        {"params": "versioning"},
+        {"root": "data.root"},
+    ),
+    # the review loop (docs/review.md)
     "review_select": StageSpec(
         "tasks.review_select:review_select",
         "choose a labeled drop's frames for human review -> review_selection.json",
@@ -106,13 +144,27 @@ _STAGES: dict[str, StageSpec] = {
         {"params": "review"},
         {"root": "data.root", "classes": "classes"},
     ),
-    "evaluate": StageSpec(
-        "tasks.evaluate:evaluate",
-        "score labels against ground truth (mIoU)",
-        defaults={"classes": "classes", "exclude": "train.seeds"},
+    # review files and formats, for tools other than a Label Studio server
+    "review_export": StageSpec(
+        "tasks.review:review_export",
+        "write a CVAT / Cityscapes / Label Studio task for frames to review",
+        options={"fmt": "format"},
+    ),
+    "review_import": StageSpec(
+        "tasks.review:review_import",
+        "read corrected annotations back as label PNGs",
+        options={"fmt": "format"},
+    ),
+    "export_coco": StageSpec(
+        "tasks.review:export_coco", "a labeled drop as COCO JSON with RLE masks"
     ),
 }
 STAGES = MappingProxyType(_STAGES)  # read-only view; add a stage by adding a row above
+
+
+def alias(name: str) -> str:
+    """The short command of stage `name`: `select_seeds` -> `lamflow select-seeds`."""
+    return name.replace("_", "-")
 
 
 def _seed_source(key: str) -> Callable[[Params], str]:
@@ -165,15 +217,33 @@ def _is_list(tp: Any) -> bool:
 def _add_stage_options(parser: argparse.ArgumentParser, spec: StageSpec, fn: Callable) -> None:
     hints = typing.get_type_hints(fn)
     for pname, param in inspect.signature(fn).parameters.items():
-        if pname in spec.sections or pname == "progress":
+        if pname in spec.sections:
+            continue
+        if pname == "progress":
+            parser.add_argument(
+                "--no-progress",
+                dest="progress",
+                action="store_false",
+                default=None,
+                help="no progress bars (logs, CI)",
+            )
             continue
         tp = hints.get(pname, str)
-        opt = f"--{pname.replace('_', '-')}"
+        opt = f"--{spec.options.get(pname, pname).replace('_', '-')}"
         required = param.default is inspect.Parameter.empty and pname not in spec.defaults
         fallback = f" (default: params {spec.defaults[pname]})" if pname in spec.defaults else ""
         if tp is bool:
             parser.add_argument(
                 opt, dest=pname, action=argparse.BooleanOptionalAction, default=None
+            )
+        elif typing.get_origin(tp) is dict or tp is dict:
+            parser.add_argument(
+                opt,
+                dest=pname,
+                type=_json_object,
+                default=None,
+                required=required,
+                help=f"a JSON object{fallback}",
             )
         elif _is_list(tp):
             parser.add_argument(
@@ -186,6 +256,16 @@ def _add_stage_options(parser: argparse.ArgumentParser, spec: StageSpec, fn: Cal
             )
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def run_stage(name: str, options: dict[str, Any], params: Params) -> Any:
     """Call stage `name` with CLI `options` (None = not given), params sections and defaults."""
     spec, fn = resolve_stage(name)
@@ -196,7 +276,11 @@ def run_stage(name: str, options: dict[str, Any], params: Params) -> Any:
         elif options.get(pname) is not None:
             kwargs[pname] = options[pname]
         elif pname in spec.defaults:
-            kwargs[pname] = _param_value(params, spec.defaults[pname])
+            other = spec.unless.get(pname)
+            if other is None or options.get(other) in (None, "", []):
+                kwargs[pname] = _param_value(params, spec.defaults[pname])
+            else:  # the other option replaces this default (a list argument becomes empty)
+                kwargs[pname] = []
     return fn(**kwargs)
 
 
@@ -217,77 +301,39 @@ def _short(value: Any) -> Any:
     return value
 
 
+def common_options(p: argparse.ArgumentParser) -> None:
+    """--params and --set, which every command that reads params.yaml takes."""
+    p.add_argument("--params", default="params.yaml", help="params file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    """`lamflow stage NAME ...` and `lamflow NAME ...` for every row of STAGES."""
     stage = sub.add_parser(
         "stage",
-        help="run one pipeline stage (what dvc.yaml calls)",
+        help="run one pipeline stage (what dvc.yaml calls); also `lamflow NAME`",
         add_help=False,
         description="lamflow stage NAME --help lists a stage's options.",
     )
     stage.add_argument("stage", metavar="NAME", choices=sorted(STAGES), help=", ".join(STAGES))
     stage.add_argument("stage_args", nargs=argparse.REMAINDER)
     stage.set_defaults(func=_stage)
-
-    p = sub.add_parser("nightly", help="label every new drop under data.root (Prefect flow)")
-    _common(p)
-    p.add_argument("--drive", nargs="*", default=None, help="only these drops")
-    p.add_argument("--dask-address", default=None, help="existing Dask scheduler (tcp://...)")
-    p.set_defaults(func=_nightly)
-
-    p = sub.add_parser("bootstrap", help="add a first drop, train from seeds, label it")
-    _common(p)
-    p.add_argument("--source", required=True, help="folder (URL) of the first drop's frames")
-    p.add_argument("--drive", required=True, help="drive id of that drop")
-    p.add_argument("--dask-address", default=None)
-    p.set_defaults(func=_bootstrap)
-
-    p = sub.add_parser("serve", help="serve the nightly deployment on its cron (one process)")
-    _common(p)
-    p.add_argument("--cron", default=None, help="cron schedule (default: pipeline.schedule)")
-    p.set_defaults(func=_serve)
-
-    drop = sub.add_parser("drop", help="manage drops under data.root")
-    dsub = drop.add_subparsers(dest="drop_cmd", required=True, metavar="ACTION")
-    p = dsub.add_parser("add", help="copy a folder of frames in as a new drop")
-    _common(p)
-    p.add_argument("source", help="folder (URL) of frames")
-    p.add_argument("--drive", required=True)
-    p.add_argument("--repeat", type=int, default=1, help="copy each frame N times (benchmarks)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N frames")
-    p.add_argument("--root", default=None, help="ROOT (default: data.root)")
-    p.set_defaults(func=_drop_add)
-    p = dsub.add_parser(
-        "accept",
-        help="accept a drop whose QC failed: the next nightly run exports it and marks it done",
-    )
-    _common(p)
-    p.add_argument("drive")
-    p.add_argument("--by", default=os.environ.get("USER", ""), help="who accepts (recorded)")
-    p.add_argument("--note", default="", help="why (recorded)")
-    p.add_argument("--root", default=None, help="ROOT (default: data.root)")
-    p.set_defaults(func=_drop_accept)
-
-    p = sub.add_parser("s3", help="the project's SeaweedFS S3 server on 127.0.0.1")
-    p.add_argument("action", choices=("up", "down", "env"))
-    p.add_argument("--port", type=int, default=8333)
-    p.add_argument("--dir", type=Path, default=Path(".s3data"))
-    p.set_defaults(func=_s3)
+    for name, spec in STAGES.items():
+        # every option, --help included, goes to the stage's own parser (cli.main passes the
+        # arguments this parser does not know on as stage_args)
+        p = sub.add_parser(alias(name), help=spec.help, add_help=False)
+        p.set_defaults(func=_stage, stage=name, stage_args=[])
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
-
-
-def stage_parser(name: str) -> argparse.ArgumentParser:
-    """Parser of `lamflow stage NAME` built from the stage function's signature.
+def stage_parser(name: str, prog: str = "") -> argparse.ArgumentParser:
+    """Parser of stage `name` built from the stage function's signature.
 
     Built only when that stage runs, so `lamflow --help` does not import every stage's deps.
     """
     spec, fn = resolve_stage(name)
-    parser = argparse.ArgumentParser(prog=f"lamflow stage {name}", description=spec.help)
+    parser = argparse.ArgumentParser(prog=prog or f"lamflow stage {name}", description=spec.help)
     _add_stage_options(parser, spec, fn)
-    _common(parser)
+    common_options(parser)
     parser.add_argument("--json-out", default=None, help="also write the result as JSON here")
     return parser
 
@@ -298,7 +344,7 @@ def _stage(args: argparse.Namespace) -> int:
     result = _jsonable(run_stage(args.stage, vars(opts), params))
     if opts.json_out:
         write_text_atomic(opts.json_out, json.dumps(result, indent=1, default=str))
-    print(json.dumps(_short(result), indent=1, default=str))
+    print(json.dumps(_short(result), default=str))  # one line: `| jq` or json.loads
     quarantined = result.get("quarantined") if isinstance(result, dict) else None
     if quarantined:
         n = quarantined if isinstance(quarantined, int) else len(quarantined)
@@ -314,106 +360,4 @@ def _stage(args: argparse.Namespace) -> int:
         return 1
     if isinstance(result, dict) and result.get("status") == "warn":
         print("lamflow: warning: qc warn", file=sys.stderr)
-    return 0
-
-
-def _prefect_env() -> None:
-    """Without PREFECT_API_URL, Prefect starts a temporary local server; on a busy machine its
-    default 20 s start-up limit is too short. Must run before prefect is imported."""
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def _flow_with_runner(flow_obj: Any, address: str | None, params: Params) -> Any:
-    from flows.nightly import dask_runner
-
-    runner = dask_runner(
-        address or params.pipeline.dask_address,
-        params.pipeline.dask_workers,
-        params.pipeline.dask_processes,
-    )
-    return flow_obj.with_options(task_runner=runner)
-
-
-def _nightly(args: argparse.Namespace) -> int:
-    _prefect_env()
-    from flows.nightly import nightly, shared_prefect_api
-
-    params = load_params(args.params, args.set)
-    run = _flow_with_runner(nightly, args.dask_address, params)
-    with shared_prefect_api():
-        result = run(params_file=args.params, overrides=args.set, drives=args.drive)
-    print(json.dumps(result, indent=1, default=str))
-    return 0
-
-
-def _bootstrap(args: argparse.Namespace) -> int:
-    _prefect_env()
-    from flows.nightly import bootstrap, shared_prefect_api
-
-    params = load_params(args.params, args.set)
-    run = _flow_with_runner(bootstrap, args.dask_address, params)
-    with shared_prefect_api():
-        result = run(
-            source=args.source, drive=args.drive, params_file=args.params, overrides=args.set
-        )
-    print(json.dumps(result, indent=1, default=str))
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    _prefect_env()
-    from flows.nightly import nightly
-
-    params = load_params(args.params, args.set)
-    cron = args.cron or params.pipeline.schedule
-    print(
-        f"serving deployment nightly/lamflow-nightly on cron {cron!r} ({params.pipeline.timezone})"
-    )
-    from prefect.schedules import Cron
-
-    from flows.nightly import shared_prefect_api
-
-    with shared_prefect_api():  # Dask workers of served runs report to the same API
-        _flow_with_runner(nightly, None, params).serve(
-            name="lamflow-nightly",
-            schedules=[Cron(cron, timezone=params.pipeline.timezone)],
-            parameters={"params_file": args.params, "overrides": args.set},
-        )
-    return 0
-
-
-def _drop_add(args: argparse.Namespace) -> int:
-    from tasks.ingest import add_drop, drop_url
-
-    params = load_params(args.params, args.set)
-    root = args.root or params.data.root
-    n = add_drop(args.source, root, args.drive, args.repeat, args.limit)
-    print(
-        json.dumps(
-            {"drive": args.drive, "frames": n, "images": join(drop_url(root, args.drive), "images")}
-        )
-    )
-    return 0
-
-
-def _drop_accept(args: argparse.Namespace) -> int:
-    from flows.state import accept_drop
-
-    params = load_params(args.params, args.set)
-    record = accept_drop(args.root or params.data.root, args.drive, args.by, args.note)
-    print(json.dumps(record))
-    return 0
-
-
-def _s3(args: argparse.Namespace) -> int:
-    from lamflow import s3server
-
-    if args.action == "up":
-        print(f"SeaweedFS S3 on {s3server.up(args.dir, args.port)}; credentials: lamflow s3 env")
-    elif args.action == "down":
-        print("stopped" if s3server.down(args.dir) else "no server was running")
-    else:
-        print("\n".join(s3server.env_lines(args.dir)))
     return 0

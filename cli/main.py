@@ -1,7 +1,10 @@
-"""`lamflow` command line. Each command module registers its sub-commands; errors become one line.
+"""`lamflow` command line: the top layer (cli > flows > tasks > lamflow > lam). Each command
+module registers its sub-commands; errors become one line and a non-zero exit code.
 
-Command modules (each has `register(subparsers)`) are listed in `_COMMAND_MODULES`; a command's
-handler calls the plain stage function from `tasks/`, never a copy of its body.
+Command modules (each has `register(subparsers)`) are listed in `_COMMAND_MODULES`: every stage
+as `lamflow stage NAME` and `lamflow NAME` (cli/stages.py, from one table), the flows
+(cli/runs.py), tools (cli/tools.py) and the demo. A command calls the plain stage function from
+`tasks/` or a flow from `flows/`, never a copy of its body.
 """
 
 from __future__ import annotations
@@ -17,12 +20,7 @@ from typing import Any
 
 from lam.errors import LamflowError
 
-_COMMAND_MODULES = (
-    "lamflow.commands.core",
-    "lamflow.commands.vocabulary",
-    "lamflow.commands.pipeline",
-    "lamflow.commands.seeds",
-)
+_COMMAND_MODULES = ("cli.stages", "cli.runs", "cli.tools", "cli.demo")
 
 
 def _quiet_environment() -> None:
@@ -60,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_environment()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if getattr(args, "stage", None) is None:  # only a stage's alias passes options on
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.stage_args = [*unknown, *args.stage_args]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

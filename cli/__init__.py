@@ -1,0 +1,1 @@
+"""The `lamflow` command line (cli/main.py): the top layer, above flows/, tasks/, lamflow/, lam/."""

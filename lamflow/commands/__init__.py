@@ -1,1 +1,0 @@
-"""Sub-commands of the `lamflow` CLI, one module per group."""
