@@ -12,8 +12,8 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv labelstudio-venv demo test lint typecheck unit bench bench-pipeline repro nightly s3-up \
-	s3-down labelstudio-up labelstudio-down ui clean
+.PHONY: venv labelstudio-venv demo data test lint typecheck unit bench bench-pipeline repro nightly \
+	s3-up s3-down labelstudio-up labelstudio-down ui clean
 
 # The stamp is rebuilt whenever the pinned requirements or the package metadata change.
 $(BIN)/.installed: requirements.txt pyproject.toml
@@ -36,9 +36,11 @@ labelstudio-venv: $(LS_VENV)/.installed
 demo: venv
 	$(BIN)/lamflow demo --camvid $(CAMVID) --out outputs/demo
 
+# lint-imports: the layering contract of pyproject.toml (cli > flows > tasks > lamflow > lam).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
@@ -58,8 +60,19 @@ bench: venv
 bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py --camvid $(CAMVID) --frames 1000 --workers 2
 
+# data/seeds, the DVC pipeline's seed set (versioned by data/seeds.dvc, ignored by git): from the
+# DVC cache or remote when they hold it, else imported again from CamVid (params train.seeds),
+# byte for byte what data/seeds.dvc records; `dvc status` then says whether they match.
+data: venv
+	@test -d data/seeds || $(BIN)/dvc checkout --quiet data/seeds.dvc 2>/dev/null || \
+		$(BIN)/dvc pull --quiet data/seeds.dvc 2>/dev/null || \
+		$(BIN)/lamflow stage import_seeds --source camvid --out data/seeds \
+			--images $(CAMVID)/train/images --labels $(CAMVID)/train/labels \
+			--classes $(CAMVID)/classes.json
+	$(BIN)/dvc status data/seeds.dvc
+
 # `dvc repro` runs `lamflow stage ...` commands: the venv's bin must be on PATH.
-repro: venv
+repro: venv data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 nightly: venv

@@ -17,6 +17,10 @@ and, every night, from the review loop. Dense and sparse labels are both valid: 
 void pixels. A label is validated before anything is written (size against the frame, ids
 against the class list, at least one labeled pixel), so a bad annotation is reported and left
 out, never half-written.
+
+The DVC pipeline's seed set `data/seeds` has the same format (versioned by `data/seeds.dvc`):
+`import_seeds` builds it reproducibly (`make data`), and stage `seed_set` merges it with the
+`seed_masks` labels into the set its `train` reads (docs/pipeline.md, "DVC").
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import yaml
 
 from lam.classes import ClassList
 from lam.errors import LamflowError
@@ -44,6 +49,7 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from tasks.frame_sources import load_classes
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_MARKER = "bootstrap.json"  # written last by bootstrap_seed_set
@@ -118,7 +124,6 @@ def add_seed(
     except LamflowError as exc:
         raise LamflowError(f"seed {stem}: {exc}") from exc
     label_bytes = encode_png(np.ascontiguousarray(label, dtype=np.uint8))
-    conf_url = join(seeds, "confidence", f"{stem}.png")
     conf_bytes = None
     if confidence is not None:
         if confidence.shape != label.shape or confidence.dtype != np.uint8:
@@ -130,13 +135,31 @@ def add_seed(
     record = {
         **provenance,
         "stem": stem,
-        "sha256": sha256_bytes(image_bytes),
-        "label_sha256": sha256_bytes(label_bytes),
         "labeled_pixels": int((label != classes.ignore_index).sum()),
         "added_at": utc_now(),
     }
+    return _write_seed(seeds, stem, suffix, image_bytes, label_bytes, record, conf_bytes)
+
+
+def _write_seed(
+    seeds: str,
+    stem: str,
+    suffix: str,
+    image_bytes: bytes,
+    label_bytes: bytes,
+    record: dict[str, Any],
+    conf_bytes: bytes | None = None,
+) -> dict[str, Any]:
+    """Write one checked seed's files, provenance last; returns the provenance written.
+
+    Adds the sha256 of the bytes written to `record`. Keys are sorted and nothing but `record`
+    goes into the provenance, so the same seed written twice gives the same bytes.
+    """
+    record = {**record, "sha256": sha256_bytes(image_bytes)}
+    record["label_sha256"] = sha256_bytes(label_bytes)
     if conf_bytes is not None:
         record["confidence_sha256"] = sha256_bytes(conf_bytes)
+    conf_url = join(seeds, "confidence", f"{stem}.png")
     write_bytes_atomic(join(seeds, "images", f"{stem}.{suffix}"), image_bytes)
     write_bytes_atomic(join(seeds, "labels", f"{stem}.png"), label_bytes)
     if conf_bytes is not None:
@@ -144,7 +167,8 @@ def add_seed(
     elif exists(conf_url):
         fs, path = get_fs(conf_url)
         fs.rm(path)
-    write_text_atomic(join(seeds, "provenance", f"{stem}.json"), json.dumps(record, indent=1))
+    provenance = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    write_text_atomic(join(seeds, "provenance", f"{stem}.json"), provenance)
     # A replaced seed may change its suffix: the old frame file must not linger beside it
     # (removed only after the new one is complete, so a crash never leaves a seed frameless).
     for old in ("jpg", "jpeg", "png"):
@@ -274,3 +298,160 @@ def seed_set_fingerprint(seeds: str) -> list[list[str]]:
             label_bytes += read_bytes(conf)
         out.append([stem, sha256_bytes(read_bytes(frames[stem])), sha256_bytes(label_bytes)])
     return out
+
+
+# The DVC pipeline's seed set: data/seeds (versioned with `dvc add`), merged by stage `seed_set`.
+
+
+def import_seeds(
+    images: str, labels: str, stems: list[str], out: str, classes: str, source: str = "import"
+) -> list[dict[str, Any]]:
+    """Copy seeds `stems` (frames in `images`, label PNGs in `labels`) into a seed set at `out`.
+
+    Frame and label bytes are copied unchanged and the provenance holds no time and no path
+    ({source, stem, drive, file, labeled_pixels, sha256, label_sha256}, keys sorted), so the
+    same sources always give the same files: how a fresh clone rebuilds `data/seeds` to the
+    hash its `data/seeds.dvc` records. Like `bootstrap_seed_set`, it runs once: a set whose
+    `bootstrap.json` exists is returned as it is (a human's later edits are kept).
+    Returns the set's provenance list. LamflowError names a stem without frame or label, or
+    a label that is not a valid seed of its frame.
+    """
+    if exists(join(out, BOOTSTRAP_MARKER)):
+        log.info("seed set %s exists (%s): not imported again", out, BOOTSTRAP_MARKER)
+        return list_seeds(out)
+    if not stems:
+        raise LamflowError("no seed stems to import (train.seeds is empty)")
+    class_list = load_classes(classes)
+    frames = dict(list_images(images))
+    for stem in stems:
+        if stem not in frames:
+            raise LamflowError(f"seed {stem!r} not found in {images}")
+        label_url = find_by_stem(labels, stem)
+        if label_url is None:
+            raise LamflowError(f"seed {stem!r} has no label {stem}.png in {labels}")
+        image_bytes, label_bytes = read_bytes(frames[stem]), read_bytes(label_url)
+        record = _checked_record(stem, image_bytes, label_bytes, class_list)
+        file = frames[stem].rsplit("/", 1)[-1]
+        record.update(source=source, drive=stem.split("_", 1)[0], file=file)
+        _write_seed(out, stem, file.rsplit(".", 1)[-1].lower(), image_bytes, label_bytes, record)
+    marker = {"source": source, "stems": list(stems)}
+    write_text_atomic(join(out, BOOTSTRAP_MARKER), json.dumps(marker, indent=1) + "\n")
+    log.info("imported %d seed(s) into %s", len(stems), out)
+    return list_seeds(out)
+
+
+def _checked_record(
+    stem: str, image_bytes: bytes, label_bytes: bytes, classes: ClassList
+) -> dict[str, Any]:
+    """{stem, labeled_pixels} of a seed whose label is valid for its frame (else LamflowError)."""
+    safe_name(stem, "seed stem")
+    label = decode_label(label_bytes, f"seed {stem} label")
+    try:
+        check_seed_label(label, decode_image(image_bytes, f"seed {stem}").shape[:2], classes)
+    except LamflowError as exc:
+        raise LamflowError(f"seed {stem}: {exc}") from exc
+    return {"stem": stem, "labeled_pixels": int((label != classes.ignore_index).sum())}
+
+
+def seed_set(
+    seeds: str,
+    out: str,
+    classes: str,
+    masks: str = "",
+    images: str = "",
+    selected: str = "",
+    report: str = "",
+) -> dict[str, Any]:
+    """Stage `seed_set`: write the seed set `train` reads to `out`.
+
+    Args:
+        seeds: a seed set of human or imported labels (`data/seeds` in the DVC pipeline);
+            copied byte for byte (a label edited by hand gets its new sha256 in provenance).
+        out: the merged seed set (replaced: seeds no longer in the sources are removed).
+        classes: URL of classes.json the labels are checked against.
+        masks: the `seed_masks` output (STEM.png: labels made from human prompts); each becomes
+            a seed with its frame from `images`, unless `seeds` holds that stem.
+        selected: seeds.yaml of `select_seeds`; the report says which chosen frames have a seed.
+        report: URL of a JSON report to write (counts for `dvc metrics show`, and stems).
+    Every seed is checked (frame decodes; label fits the frame and the class list and labels a
+    pixel), and a bad one fails the stage naming it. The same inputs give the same bytes in
+    `out`, which holds nothing else, so `train` re-runs only when a seed changes.
+    Returns the report: {seeds, from_seeds, from_masks, shadowed_masks, relabeled,
+    selected, selected_labeled, selected_missing}.
+    """
+    class_list = load_classes(classes)
+    written: list[str] = []
+    relabeled: list[str] = []
+    for record in list_seeds(seeds):
+        stem = str(record["stem"])
+        frame = find_by_stem(join(seeds, "images"), stem, (".jpg", ".jpeg", ".png"))
+        label = find_by_stem(join(seeds, "labels"), stem)
+        if frame is None or label is None:
+            raise LamflowError(f"seed set {seeds}: seed {stem} lacks its frame or its label")
+        image_bytes, label_bytes = read_bytes(frame), read_bytes(label)
+        record.update(_checked_record(stem, image_bytes, label_bytes, class_list))
+        if record.get("label_sha256") != sha256_bytes(label_bytes):
+            relabeled.append(stem)
+        conf_url = find_by_stem(join(seeds, "confidence"), stem)
+        conf = read_bytes(conf_url) if conf_url else None
+        suffix = frame.rsplit(".", 1)[-1]
+        _write_seed(out, stem, suffix, image_bytes, label_bytes, record, conf)
+        written.append(stem)
+    from_masks, shadowed = [], []
+    mask_stems = [n[: -len(".png")] for n in list_dir(masks) if n.endswith(".png")] if masks else []
+    frames = dict(list_images(images)) if mask_stems else {}
+    for stem in mask_stems:
+        if stem in written:
+            shadowed.append(stem)
+            continue
+        if stem not in frames:
+            raise LamflowError(f"seed mask {stem}.png in {masks} has no frame {stem}.* in {images}")
+        image_bytes, label_bytes = read_bytes(frames[stem]), read_bytes(join(masks, f"{stem}.png"))
+        record = _checked_record(stem, image_bytes, label_bytes, class_list)
+        file = frames[stem].rsplit("/", 1)[-1]
+        record.update(source="seed_masks", drive=stem.split("_", 1)[0], file=file)
+        _write_seed(out, stem, file.rsplit(".", 1)[-1].lower(), image_bytes, label_bytes, record)
+        from_masks.append(stem)
+    kept = set(written) | set(from_masks)
+    if not kept:
+        raise LamflowError(
+            f"no seeds: {seeds} holds none and {masks or 'no seed_masks output'} neither "
+            "(`make data` imports the CamVid seeds into data/seeds)"
+        )
+    _remove_others(out, kept)
+    chosen: list[str] = []
+    if selected:  # seeds.yaml's stems by rank, as tasks.select_seeds.read_seed_stems reads them
+        # (not imported: every importer of this module, train included, would then depend on
+        # the embedder's code)
+        rows = yaml.safe_load(read_bytes(selected)).get("seeds") or []
+        chosen = [str(row["stem"]) for row in sorted(rows, key=lambda r: r["rank"])]
+    missing = [s for s in chosen if s not in kept]
+    doc: dict[str, Any] = {
+        "seeds": len(kept),
+        "from_seeds": written,
+        "from_masks": from_masks,
+        "shadowed_masks": shadowed,
+        "relabeled": relabeled,
+        "selected": len(chosen),
+        "selected_labeled": [s for s in chosen if s in kept],
+        "selected_missing": missing,
+    }
+    if missing:
+        log.info(
+            "%d of %d frames select_seeds chose have no seed label yet: %s",
+            len(missing),
+            len(chosen),
+            ", ".join(missing),
+        )
+    if report:
+        write_text_atomic(report, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def _remove_others(seeds: str, keep: set[str]) -> None:
+    """Delete the files of seeds not in `keep` (provenance first: no half seed is listed)."""
+    for folder in ("provenance", "images", "labels", "confidence"):
+        for name in list_dir(join(seeds, folder)):
+            if name.rsplit(".", 1)[0] not in keep:
+                fs, path = get_fs(join(seeds, folder, name))
+                fs.rm(path)
