@@ -69,7 +69,8 @@ data: venv
 		$(BIN)/lamflow stage import_seeds --source camvid --out data/seeds \
 			--images $(CAMVID)/train/images --labels $(CAMVID)/train/labels \
 			--classes $(CAMVID)/classes.json
-	$(BIN)/dvc status data/seeds.dvc
+	@$(BIN)/dvc status --quiet data/seeds.dvc || { $(BIN)/dvc status data/seeds.dvc; \
+		echo 'make data: data/seeds differs from data/seeds.dvc' >&2; exit 1; }
 
 # `dvc repro` runs `lamflow stage ...` commands: the venv's bin must be on PATH.
 repro: venv data

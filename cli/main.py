@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        if getattr(args, "stage", None) is None:  # only a stage's alias passes options on
+        if not hasattr(args, "stage_args"):  # only the stage commands pass options on
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.stage_args = [*unknown, *args.stage_args]
     logging.basicConfig(

@@ -48,6 +48,7 @@ class StageSpec:
     defaults: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     unless: dict[str, str] = field(default_factory=dict)
+    internal: tuple[str, ...] = ()  # arguments for callers in code, not the command line
 
 
 _SEEDS = {"images": "seed_images", "labels": "seed_labels", "classes": "classes"}
@@ -104,7 +105,10 @@ _STAGES: dict[str, StageSpec] = {
         {"seed_images": "seed_images", "seed_labels": "seed_labels"},
     ),
     "annotate": StageSpec(
-        "tasks.annotate:annotate", "label a drop (or some stems of it)", {"params": "annotate"}
+        "tasks.annotate:annotate",
+        "label a drop (or some stems of it)",
+        {"params": "annotate"},
+        internal=("shard",),  # the flow's sharded run (tasks/shards.py)
     ),
     "qc": StageSpec(
         "tasks.qc:qc",
@@ -217,7 +221,7 @@ def _is_list(tp: Any) -> bool:
 def _add_stage_options(parser: argparse.ArgumentParser, spec: StageSpec, fn: Callable) -> None:
     hints = typing.get_type_hints(fn)
     for pname, param in inspect.signature(fn).parameters.items():
-        if pname in spec.sections:
+        if pname in spec.sections or pname in spec.internal:
             continue
         if pname == "progress":
             parser.add_argument(
@@ -315,7 +319,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_help=False,
         description="lamflow stage NAME --help lists a stage's options.",
     )
-    stage.add_argument("stage", metavar="NAME", choices=sorted(STAGES), help=", ".join(STAGES))
+    stage.add_argument("stage", metavar="NAME", nargs="?", help=", ".join(STAGES))
     stage.add_argument("stage_args", nargs=argparse.REMAINDER)
     stage.set_defaults(func=_stage)
     for name, spec in STAGES.items():
@@ -339,6 +343,13 @@ def stage_parser(name: str, prog: str = "") -> argparse.ArgumentParser:
 
 
 def _stage(args: argparse.Namespace) -> int:
+    if args.stage is None and args.stage_args[:1] in (["-h"], ["--help"]):
+        args.stage = "--help"
+    if args.stage in (None, "-h", "--help"):
+        width = max(len(n) for n in STAGES)
+        print("lamflow stage NAME [options] (or lamflow NAME); NAME --help lists its options\n")
+        print("\n".join(f"  {n:<{width}}  {spec.help}" for n, spec in STAGES.items()))
+        return 0 if args.stage else 2
     opts = stage_parser(args.stage).parse_args(args.stage_args)
     params = load_params(opts.params, opts.set)  # every key checked before any work
     result = _jsonable(run_stage(args.stage, vars(opts), params))

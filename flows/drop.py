@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
 
 from lam.imageio import decode_image
 from lamflow.params import Params
@@ -107,8 +109,16 @@ def adapted_model(
     }
 
 
-def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> dict[str, Any]:
-    """ingest -> (adapt) -> sharded annotate -> qc -> export for one drop; returns its summary."""
+def label_drop(
+    root: str,
+    drive: str,
+    model: dict[str, Any],
+    params: Params,
+    still_ours: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """ingest -> (vocabulary) -> (adapt) -> sharded annotate -> qc -> export for one drop;
+    returns its summary. `still_ours` raises when the drop's lease was lost: it is called
+    before anything is published."""
     logger = get_run_logger()
     images = join(drop_url(root, drive), "images")
     if params.pipeline.adapt_per_drop:
@@ -119,15 +129,20 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
         # Start the workers (they import torch and load the model) while the flow ingests.
         warm = annotate_warm_up_task.submit(model["model"], params.annotate)
         manifest = ingest_task(root, drive, params.ingest, progress=False)
+    vocabulary_error = ""
     if params.pipeline.vocabulary_per_drop:  # which classes does the drop hold? (step 1)
-        vocabulary_task(
-            images,
-            join(drop_url(root, drive), VOCABULARY_FILE),
-            params.vocabulary,
-            seed_sources(params)["classes"],
-            progress=False,
-            skip_existing=True,
-        )
+        try:
+            vocabulary_task(
+                images,
+                join(drop_url(root, drive), VOCABULARY_FILE),
+                params.vocabulary,
+                seed_sources(params)["classes"],
+                progress=False,
+                skip_existing=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported; labeling never waits on it
+            vocabulary_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("drop %s: no vocabulary (%s); labeling goes on", drive, exc)
     out = drop_labels_url(root, model["model_version"], drive)
     shards = plan_shards([e["stem"] for e in manifest["entries"]], params.annotate.shard_size)
     first = params.annotate.model_copy(update={"write_overlays": params.pipeline.overlays_per_drop})
@@ -136,6 +151,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
         annotate_shard_task.submit(model["model"], images, out, stems, first if i == 0 else rest)
         for i, stems in enumerate(shards)
     ]
+    wait(futures)  # every shard ends before a failure is raised: none writes on afterwards
     shard_results = [f.result() for f in futures]
     warm.result()
     counts = annotate_manifest_task(out)
@@ -157,6 +173,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
     accepted = qc["status"] == "fail" and is_accepted(root, drive)
     exported: dict[str, Any] = {"dest": None}
     if qc["status"] != "fail" or accepted:
+        still_ours()  # a drop whose lease another run took over is not published by this one
         dest = export_dest(params.export, root, model["model_version"], drive)
         exported = export_task(out, model["model"], dest, params.export, progress=False)
     else:  # a failed drop is not published: the next run labels it again, or a person accepts
@@ -182,6 +199,7 @@ def label_drop(root: str, drive: str, model: dict[str, Any], params: Params) -> 
         "quarantined": len(counts["quarantined"]),
         "qc": qc["status"],
         "accepted": accepted,
+        "vocabulary_error": vocabulary_error,
         "shards": len(shards),
         "compute_seconds": round(sum(r["compute_seconds"] for r in shard_results), 3),
         "annotate_busy_seconds": round(busy_seconds([r["interval"] for r in shard_results]), 3),

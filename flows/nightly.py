@@ -50,6 +50,7 @@ from .state import (
     drops_by_age,
     held_lease,
     mark_done,
+    note_done,
     read_done,
     read_model_pointer,
     write_model_pointer,
@@ -90,10 +91,10 @@ def _label_under_lease(
         if _finished_since_run_start(root, drive, model["model_version"]):
             get_run_logger().info("drop %s was finished by another run meanwhile: skipped", drive)
             return None
-        summary = label_drop(root, drive, model, params)
+        summary = label_drop(root, drive, model, params, still_ours=lease.check)
         summary["base_model_version"] = model["model_version"]
         lease.check()
-        if summary["qc"] != "fail" or summary["accepted"]:
+        if published(summary):
             mark_done(root, drive, summary)
         return summary
 
@@ -190,18 +191,31 @@ def _run_drops(
     }
 
 
+def published(summary: dict[str, Any]) -> bool:
+    """A labeled drop is published (exported, done, versioned) unless its QC failed and no
+    person accepted it."""
+    return summary["qc"] != "fail" or bool(summary.get("accepted"))
+
+
 def _version_step(
     params: Params, run: str, model: dict[str, Any], labeled: dict[str, Any]
 ) -> dict[str, Any]:
-    """The `version` stage over this run's published drops (QC passed or accepted): their
-    labels and vocabulary, the model and its seed set, as git tag run-RUN in the workspace."""
+    """The `version` stage over this run's published drops, and over finished drops of the
+    same model whose labels no run has versioned yet (a version step that failed on an
+    earlier night: those drops are done, so nothing else would bring them back), as git tag
+    run-RUN in the workspace. Each versioned drop's done record then names its tag."""
     if not params.versioning.enabled:
         return {"enabled": False}
     root = params.data.root
-    published = {
-        d: {"labels": s["labels"], "vocabulary": join(drop_url(root, d), VOCABULARY_FILE)}
-        for d, s in labeled.items()
-        if s["qc"] != "fail" or s.get("accepted")
+    labels = {d: s["labels"] for d, s in labeled.items() if published(s)}
+    for drive in sorted(done_drives(root) - set(labels)):
+        done = read_done(root, drive)
+        same_model = done.get("model_version") == model["model_version"]
+        if same_model and done.get("labels") and done.get("versioned_labels") != done["labels"]:
+            labels[drive] = str(done["labels"])
+    drops = {
+        d: {"labels": url, "vocabulary": join(drop_url(root, d), VOCABULARY_FILE)}
+        for d, url in labels.items()
     }
     result = version_task(
         root,
@@ -209,12 +223,15 @@ def _version_step(
         model["model"],
         model["model_version"],
         model["seed_set"],
-        published,
+        drops,
         params.versioning,
     )
+    for drive, url in labels.items():
+        if read_done(root, drive):
+            note_done(root, drive, {"versioned_labels": url, "version_tag": result["tag"]})
     get_run_logger().info("versioned as %s in %s", result["tag"], result["workspace"])
     return {k: result[k] for k in ("workspace", "remote", "tag", "commit")} | {
-        "drops": sorted(published)
+        "drops": sorted(drops)
     }
 
 
@@ -254,18 +271,7 @@ def nightly(
             return {"drops": {}, "skipped": pending, "busy": True}
         result = _run_drops(params, pending, owner, renew)
     result["run"] = owner
-    failed = [
-        d
-        for d, s in {**result["relabeled"], **result["drops"]}.items()
-        if s["qc"] == "fail" and not s.get("accepted")
-    ]
-    if not failed:
-        write_watermark(root, sorted(result["drops"]), owner)
-    if failed:
-        raise LamflowError(
-            f"QC failed for drop(s) {', '.join(failed)}: not exported, not done; see qc.json "
-            f"beside the labels; the next run labels them again, or `lamflow drop accept DRIVE`"
-        )
+    _succeed_or_raise(root, result, owner)
     review_problem = _review_failure(result)
     if review_problem:
         raise LamflowError(f"labels written, but the review loop needs attention: {review_problem}")
@@ -291,5 +297,18 @@ def bootstrap(
             raise LamflowError(f"another run holds {params.data.root}: try again when it ends")
         add_drop(source, params.data.root, drive, progress=False)
         result = _run_drops(params, [drive], owner, renew)
-    write_watermark(params.data.root, sorted(result["drops"]), owner)
+    _succeed_or_raise(params.data.root, result, owner)
     return result
+
+
+def _succeed_or_raise(root: str, result: dict[str, Any], run: str) -> None:
+    """Write the watermark (a successful run) unless a drop failed QC unaccepted: then raise,
+    naming the drops, which are neither exported nor done."""
+    labeled = {**result["relabeled"], **result["drops"]}
+    failed = [d for d, s in labeled.items() if not published(s)]
+    if failed:
+        raise LamflowError(
+            f"QC failed for drop(s) {', '.join(failed)}: not exported, not done; see qc.json "
+            f"beside the labels; the next run labels them again, or `lamflow drop accept DRIVE`"
+        )
+    write_watermark(root, sorted(result["drops"]), run)

@@ -83,6 +83,16 @@ def mark_done(root: str, drive: str, summary: dict[str, Any]) -> None:
     write_text_atomic(url, json.dumps(record, default=str))
 
 
+def note_done(root: str, drive: str, fields: dict[str, Any]) -> None:
+    """Add `fields` to the done record of finished `drive`, its times unchanged (e.g. the
+    version tag its labels were committed under). Runs under ROOT's run lease."""
+    record = read_done(root, drive)
+    if not record:
+        raise LamflowError(f"drop {drive!r} is not finished: nothing to note")
+    url = join(root, "state", "done", f"{safe_name(drive, 'drive id')}.json")
+    write_text_atomic(url, json.dumps({**record, **fields}, default=str))
+
+
 def drops_by_age(root: str) -> list[str]:
     """Finished drives, first finished first."""
     drives = done_drives(root)

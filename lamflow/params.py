@@ -149,7 +149,7 @@ class ExportParams(_Section):
 
     format: Literal["png", "color"] = "png"
     include_confidence: bool = False
-    dest: str = ""  # empty = ROOT/exports/MODEL_VERSION/DRIVE_ID
+    dest: str = ""  # a drop goes to DEST/MODEL_VERSION/DRIVE_ID; empty DEST = ROOT/exports
 
 
 class PipelineParams(_Section):

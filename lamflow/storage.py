@@ -152,21 +152,28 @@ def is_temporary(name: str) -> bool:
     return bool(_TEMPORARY.search(name))
 
 
-def remove_temporaries(url: str) -> list[str]:
-    """Delete the atomic writes' temporary files directly under folder `url`; returns their
-    names. Only for when no write into `url` can be in progress (e.g. under the lease of the
-    run that owns it): a temporary there was left by a killed writer."""
+def remove_temporaries(url: str, min_age_seconds: float = 10.0) -> list[str]:
+    """Delete the atomic writes' temporary files directly under folder `url` that are older
+    than `min_age_seconds`; returns their names. Call it when no write into `url` should be in
+    progress (e.g. under the lease of the run that owns it): a temporary there was left by a
+    killed writer. The age guard spares a write that is in progress after all (a second
+    `lamflow annotate` into the same folder): a write takes milliseconds, not ten seconds."""
     fs, path = get_fs(url)
     if "s3" in _protocols(fs):
         return []  # S3 writes leave no temporaries
     removed = []
+    now = time.time()
     for name in list_dir(url):
-        if is_temporary(name):
-            try:
-                fs.rm(f"{path.rstrip('/')}/{name}")
-            except FileNotFoundError:
+        if not is_temporary(name):
+            continue
+        full = f"{path.rstrip('/')}/{name}"
+        try:
+            if now - float(fs.info(full).get("mtime") or 0.0) < min_age_seconds:
                 continue
-            removed.append(name)
+            fs.rm(full)
+        except FileNotFoundError:
+            continue
+        removed.append(name)
     return removed
 
 

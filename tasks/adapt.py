@@ -61,10 +61,12 @@ def _finished_report(
     try:
         report = json.loads(read_text(join(out, ADAPT_REPORT)))
         source_version = json.loads(read_text(join(model, CONFIG_FILE))).get("version")
+        written_version = json.loads(read_text(join(out, CONFIG_FILE))).get("version")
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     same = (
-        report.get("source_version") == source_version
+        written_version == report.get("model_version")  # not a rewrite torn by a crash
+        and report.get("source_version") == source_version
         and report.get("images") == images
         and report.get("settings") == settings.model_dump()
     )

@@ -38,10 +38,10 @@ from lamflow.storage import (
     sha256_bytes,
     write_bytes_atomic,
 )
+from tasks.label_folder import MANIFEST
 from tasks.model_io import load_annotator
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.jsonl"
 OUTPUT_FOLDERS = ("labels", "confidence", "overlays", "records")  # under `out`, one file a frame
 # Threads for reads/writes (mostly waiting on storage) and for decode/encode (CPU). One CPU
 # thread next to torch's: on 2 cores, two gave 0.78 of the bare backbone's rate (0.67-0.83

@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from lam.artifact import CONFIG_FILE
 from lam.classes import ClassList
-from lam.errors import LamflowError
 from lam.imageio import decode_label, encode_png
 from lamflow.params import ExportParams
 from lamflow.storage import (
@@ -34,14 +33,16 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from tasks.annotate import MANIFEST
+from tasks.label_folder import read_manifest
 
 log = logging.getLogger(__name__)
 
 
 def export_dest(params: ExportParams, root: str, model_version: str, drive: str) -> str:
-    """`export.dest`, or ROOT/exports/MODEL_VERSION/DRIVE_ID when it is "" (the default)."""
-    return params.dest or join(root, "exports", safe_name(model_version), safe_name(drive))
+    """DEST/MODEL_VERSION/DRIVE_ID, DEST being `export.dest` or ROOT/exports when it is ""
+    (the default): one folder per drop, so one drop's export never removes another's."""
+    base = params.dest or join(root, "exports")
+    return join(base, safe_name(model_version, "model version"), safe_name(drive))
 
 
 def export(
@@ -63,11 +64,7 @@ def export(
         {"dest", "format", "exported", "skipped", "review"}.
     """
     params = params or ExportParams()
-    manifest_url = join(labels, MANIFEST)
-    if not exists(manifest_url):
-        raise LamflowError(f"no {MANIFEST} in {labels}: run annotate first")
-    records = [json.loads(line) for line in read_bytes(manifest_url).decode().splitlines() if line]
-    labeled = [r for r in records if r["status"] == "labeled"]
+    labeled = read_manifest(labels, status="labeled")
     config = json.loads(read_bytes(join(model, CONFIG_FILE)))
     classes = ClassList.from_json(config["classes"])
     palette = classes.palette()

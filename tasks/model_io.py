@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
+from typing import Any
 
 from lam.artifact import CONFIG_FILE, WEIGHTS_FILE, model_from_files, model_to_files
 from lam.build import LamConfig
@@ -13,8 +15,11 @@ from lam.modeling.lam import LabelAnythingModel
 from lam.predictor import Annotator
 from lamflow.storage import join, read_bytes, write_bytes_atomic
 
-_MODEL_CACHE: dict[tuple[str, str], tuple[LabelAnythingModel, LamConfig]] = {}
-_ANNOTATORS: dict[tuple[str, str, str, int], Annotator] = {}
+# Per process, the few most recently used: a long-lived worker meets every retrained and
+# per-drop adapted model, and each entry holds a model and its folded inference copy.
+_CACHE_SIZE = 4
+_MODEL_CACHE: OrderedDict[tuple[str, str], tuple[LabelAnythingModel, LamConfig]] = OrderedDict()
+_ANNOTATORS: OrderedDict[tuple[str, str, str, int], Annotator] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 
 
@@ -55,7 +60,7 @@ def load_model(url: str, fresh: bool = False) -> tuple[LabelAnythingModel, LamCo
     with _CACHE_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = build()
-        return _MODEL_CACHE[key]
+        return _remember(_MODEL_CACHE, key)
 
 
 def load_annotator(
@@ -72,4 +77,12 @@ def load_annotator(
     with _CACHE_LOCK:
         if key not in _ANNOTATORS:
             _ANNOTATORS[key] = Annotator(net, device=device, batch_size=batch_size)
-        return _ANNOTATORS[key], config
+        return _remember(_ANNOTATORS, key), config
+
+
+def _remember(cache: OrderedDict, key: Any) -> Any:
+    """cache[key], now the most recently used; the least recently used beyond _CACHE_SIZE go."""
+    cache.move_to_end(key)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return cache[key]

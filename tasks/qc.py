@@ -255,6 +255,22 @@ def _write_outputs(out: str, summary: dict[str, Any], reasons: dict[str, list[st
     write_text_atomic(join(out, "review.csv"), buf.getvalue())
 
 
+def _no_frames_check(ingested: int) -> dict[str, Any]:
+    """The hard check that stands for the per-frame suite when no frame was labeled: a drop
+    whose every frame was quarantined has nothing to publish."""
+    return {
+        "expectation": "expect_labeled_frames",
+        "column": "labeled",
+        "severity": HARD,
+        "success": False,
+        "unexpected": [],
+        "bounds": {"min_value": 1},
+        "skipped": False,
+        "note": f"no frame of {ingested} ingested was labeled: the per-frame checks had nothing "
+        "to check",
+    }
+
+
 def qc(
     labels: str,
     ingest: str,
@@ -296,7 +312,10 @@ def qc(
     missing, extra = sorted(set(entries) - recorded), sorted(recorded - set(entries))
     checked = [r for r in labeled if r["stem"] in entries]  # extra ones have no frame size
     rows, pixels, notes, skipped = _frame_rows(labels, checked, entries, names, params)
-    checks = validate("frames", rows, frame_suite(params, len(names))) if rows else []
+    if rows:
+        checks = validate("frames", rows, frame_suite(params, len(names)))
+    else:  # nothing to check per frame: said, and a drop with no label at all fails
+        checks = [_no_frames_check(len(entries))]
 
     hist = pixels / pixels.sum() if pixels.sum() > 0 else np.zeros(len(names))
     seeds = np.array([float(report["class_pixels"][n]) for n in names])
@@ -336,7 +355,7 @@ def qc(
     )
     for chk in checks:
         chk["skipped"] = chk["column"] in skipped
-        chk["note"] = skipped.get(chk["column"]) or notes.get(chk["column"], "")
+        chk["note"] = skipped.get(chk["column"]) or notes.get(chk["column"]) or chk["note"]
 
     reasons = _review_reasons(quarantined, missing, extra, rows, checks)
     failed = [c for c in checks if not c["success"]]

@@ -23,6 +23,7 @@ machine.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -44,14 +45,16 @@ LINEAGE = "lineage"
 
 def workspace_path(params: VersioningParams, root: str) -> Path:
     """The local workspace directory: `versioning.workspace`, or ROOT/versions when ROOT is a
-    local folder, or .lamflow/versions/<bucket/path of ROOT> for a remote ROOT (git needs a
-    local disk; set `git_remote` so its history outlives the machine)."""
+    local folder, or $LAMFLOW_HOME (~/.lamflow)/versions/<hash of ROOT> for a remote ROOT (git
+    needs a local disk; set `git_remote` so its history outlives the machine)."""
     if params.workspace:
         return Path(params.workspace)
     if "://" not in root or root.startswith("file://"):
         return Path(root.removeprefix("file://")) / "versions"
-    where = root.split("://", 1)[1].strip("/").replace("/", "_")
-    return Path(".lamflow") / "versions" / safe_name(where, "ROOT")
+    # one workspace per ROOT, wherever the command runs from (not relative to the current
+    # directory), keyed by a hash: distinct ROOTs never share a repository
+    home = Path(os.environ.get("LAMFLOW_HOME") or Path.home() / ".lamflow")
+    return home / "versions" / hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16]
 
 
 def remote_url(params: VersioningParams, root: str) -> str:
@@ -61,7 +64,8 @@ def remote_url(params: VersioningParams, root: str) -> str:
 
 def _git(workspace: Path, *args: str) -> str:
     """Run git in the workspace; LamflowError with its message on failure."""
-    cmd = ["git", "-c", "user.name=lamflow", "-c", "user.email=lamflow@localhost", *args]
+    cmd = ["git", "-c", "user.name=lamflow", "-c", "user.email=lamflow@localhost"]
+    cmd += ["-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", *args]
     done = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True)
     if done.returncode != 0:
         raise LamflowError(f"git {' '.join(args)} failed in {workspace}: {done.stderr.strip()}")
@@ -144,6 +148,8 @@ def version(
     workspace = workspace_path(params, root)
     remote = remote_url(params, root)
     tag = f"run-{safe_name(run, 'run id')}"
+    if params.git_remote:
+        _catch_up(workspace, params.git_remote)
     repo = open_workspace(workspace, remote)
     seeds_md5 = _add(repo, workspace, seeds, "seeds")
     model_target = f"models/{safe_name(model_version, 'model version')}"
@@ -177,10 +183,12 @@ def version(
     message = f"nightly run {run}: model {model_version}, drops {', '.join(sorted(drops)) or '-'}"
     if _git(workspace, "status", "--porcelain").strip():
         _git(workspace, "commit", "-q", "-m", message)
-    _git(workspace, "tag", "-f", tag)
     commit = _git(workspace, "rev-parse", "HEAD").strip()
+    tag = _free_tag(workspace, tag, commit)
+    _git(workspace, "tag", tag, commit)
     if params.git_remote:
         _git(workspace, "push", "-q", params.git_remote, "HEAD", f"refs/tags/{tag}")
+    repo.close()
     log.info("versioned run %s as %s (%s) in %s", run, tag, commit[:8], workspace)
     return {
         "workspace": str(workspace),
@@ -191,6 +199,42 @@ def version(
         "model_md5": model_md5,
         "drops": lineage,
     }
+
+
+def _free_tag(workspace: Path, tag: str, commit: str) -> str:
+    """`tag`, or `tag.2`, `tag.3`, ... when it already names another commit: a run retried
+    under the same id (Prefect reuses a flow run's id) never moves the tag of its first try,
+    whose lineage stays readable. The same commit tagged again keeps its tag."""
+    name, attempt = tag, 1
+    while True:
+        try:
+            at = _git(workspace, "rev-parse", "--verify", "-q", f"refs/tags/{name}^{{commit}}")
+        except LamflowError:
+            return name  # free
+        if at.strip() == commit:
+            _git(workspace, "tag", "-d", name)  # re-created on the same commit by the caller
+            return name
+        attempt += 1
+        name = f"{tag}.{attempt}"
+
+
+def _catch_up(workspace: Path, git_remote: str) -> None:
+    """Fast-forward the workspace to `git_remote` before a run commits, so workspaces on
+    several machines keep one history; a diverged history fails loudly (LamflowError)."""
+    if not (workspace / ".git").exists():
+        workspace.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _git(workspace.parent, "clone", "-q", git_remote, str(workspace))
+            return
+        except LamflowError:
+            log.info("git remote %s has no history yet: a new workspace starts it", git_remote)
+            return
+    branch = _git(workspace, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    try:
+        _git(workspace, "fetch", "-q", git_remote, branch)
+    except LamflowError:
+        return  # the remote has no such branch yet: this run's push creates it
+    _git(workspace, "merge", "-q", "--ff-only", "FETCH_HEAD")
 
 
 def lineage(workspace: str, rev: str, drive: str) -> dict[str, Any]:

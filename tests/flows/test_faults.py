@@ -275,6 +275,7 @@ def test_sigkilled_run_is_finished_by_a_rerun_with_no_partial_file(
     for path in planted:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(half_png)
+        os.utime(path, (time.time() - 600, time.time() - 600))  # left by a kill long ago
 
     time.sleep(max(0.0, LEASE_SECONDS + 1 - (time.monotonic() - killed_at)))
     result = _run(params)
@@ -320,6 +321,9 @@ def test_a_write_cut_short_leaves_a_hidden_temporary_that_the_next_run_removes(
     (left,) = (out / "labels").iterdir()
     assert left.name.startswith(".b.png.tmp-") and is_temporary(left.name)
     assert [r["stem"] for r in write_manifest(str(out))] == ["a"]
+    assert list((out / "labels").iterdir()) == [left], "a fresh one may be a live write: kept"
+    os.utime(left, (time.time() - 600, time.time() - 600))  # left by a kill long ago
+    write_manifest(str(out))
     assert list((out / "labels").iterdir()) == []
     assert sorted(p.name for p in out.iterdir()) == ["labels", "manifest.jsonl", "records"]
 

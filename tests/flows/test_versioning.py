@@ -68,3 +68,32 @@ def test_the_first_run_is_restored_byte_for_byte_after_a_seed_set_change(
     restore(workspace, tag, then["labels"], str(tmp_path / "restored/labels"))
     assert _files(tmp_path / "restored/model") == model_files
     assert _files(tmp_path / "restored/labels") == label_files
+
+
+def test_drops_a_failed_version_step_left_behind_are_versioned_by_the_next_run(
+    prefect_harness: None, tmp_path: Path, seed_set: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.nightly
+    from flows.state import read_done
+    from lam.errors import LamflowError
+
+    root = tmp_path / "root"
+    params = write_params(
+        tmp_path / "params.yaml", str(root), seed_set, versioning={"enabled": True}
+    )
+    write_drop(str(root), "d1", 2)
+
+    def remote_down(*args: Any, **kwargs: Any) -> None:
+        raise LamflowError("the DVC remote is unreachable")
+
+    monkeypatch.setattr(flows.nightly, "version_task", remote_down)
+    with pytest.raises(LamflowError, match="unreachable"):
+        _run(params)
+    done = read_done(str(root), "d1")
+    assert done and "version_tag" not in done  # labeled and published, not versioned
+    monkeypatch.undo()
+
+    again = _run(params)  # no new drop, same model: the version step catches d1 up
+    assert again["drops"] == {} and again["versions"]["drops"] == ["d1"]
+    assert read_done(str(root), "d1")["version_tag"] == again["versions"]["tag"]
+    assert lineage(again["versions"]["workspace"], again["versions"]["tag"], "d1")["labels"]

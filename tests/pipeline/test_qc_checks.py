@@ -346,3 +346,12 @@ def test_stage_qc_takes_a_history_url(drop: Drop) -> None:
     params.write_text("qc: {min_mean_confidence: 0.0, max_drift: 1.0}\n")
     assert main([*args, "--params", str(params)]) == 0
     assert [x["drive"] for x in drop.history_lines()] == ["d1"]
+
+
+def test_a_drop_with_no_labeled_frame_fails(drop: Drop) -> None:
+    for i in range(FRAMES):
+        drop.edit_record(f"d1_{i:04d}", status="quarantined", reason="cannot decode")
+    result = drop.qc()
+    assert result["status"] == "fail" and result["labeled"] == 0
+    check = next(c for c in result["checks"] if c["column"] == "labeled")
+    assert not check["success"] and "no frame of 6 ingested was labeled" in check["note"]

@@ -134,3 +134,18 @@ def test_the_versions_command_lists_traces_and_restores(tmp_path: Path, capsys) 
     argv = ["versions", "restore", *ws, "--rev", "run-run1", "--path", "models/v1"]
     assert main([*argv, "--out", str(out)]) == 0
     assert _local(out) == model
+
+
+def test_a_retried_run_never_moves_the_tag_of_its_first_try(tmp_path: Path) -> None:
+    """Prefect reuses a flow run's id when it is retried: the retry is tagged run-ID.2 and the
+    first try's tag still names what the first try made."""
+    root = str(tmp_path / "root")
+    _write_tree(root, {"seeds/a.png": b"a", "models/v1/config.json": b"{}", "l/d/x.png": b"x"})
+    drops = {"d": {"labels": f"{root}/l/d", "vocabulary": ""}}
+    first = version(root, "r1", f"{root}/models/v1", "v1", f"{root}/seeds", drops)
+    _write_tree(root, {"l/d/x.png": b"relabeled"})
+    retry = version(root, "r1", f"{root}/models/v1", "v1", f"{root}/seeds", drops)
+    assert (first["tag"], retry["tag"]) == ("run-r1", "run-r1.2")
+    assert retry["commit"] != first["commit"]
+    restore(first["workspace"], "run-r1", "labels/d", str(tmp_path / "then"))
+    assert (tmp_path / "then/x.png").read_bytes() == b"x"
