@@ -241,14 +241,16 @@ def vocabulary(
         ],
         "synsets": _synset_rows(synsets),
         "mapping": [asdict(m) for m in mapping],
-        "seconds": round(time.perf_counter() - started, 2),
     }
     header = (
         "# Vocabulary discovered by `lamflow vocabulary`. The mapping table is editable: change\n"
         f"# a row's target (a target class or '{UNMAPPED}') and set its source to 'manual';\n"
         "# re-runs keep manual rows.\n"
     )
+    # The file holds no timing: the same frames and params give the same bytes (data/
+    # vocabulary.yaml is kept in git, and dvc must not see a change where there is none).
     write_text_atomic(out, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    doc["seconds"] = round(time.perf_counter() - started, 2)
     _publish_artifact(doc)
     log.info(
         "vocabulary: %d labels, %d synsets from %d frame(s) (%d skipped) in %.1fs",
