@@ -97,13 +97,32 @@ def join(url: str, *parts: str) -> str:
     return out
 
 
+def _local_path(url: str) -> str | None:
+    """The OS path of a plain local path or file:// URL, else None. Local reads and writes
+    skip fsspec: its per-call Python work (URL parsing, file objects) competes with the model
+    for the interpreter while a drop is labeled (3 writes and 2 reads a frame)."""
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    return None if "://" in url or "::" in url else url
+
+
 def exists(url: str) -> bool:
+    local = _local_path(url)
+    if local is not None:
+        return os.path.exists(local)
     fs, path = get_fs(url)
     return bool(fs.exists(path))
 
 
 def read_bytes(url: str) -> bytes:
     """Whole object at `url`; FileNotFoundError names the URL."""
+    local = _local_path(url)
+    if local is not None:
+        try:
+            with open(local, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no such file: {url}") from exc
     fs, path = get_fs(url)
     try:
         with fs.open(path, "rb") as fh:
@@ -125,6 +144,16 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     deletes such leftovers. S3: a single PUT is already atomic (the object appears complete or
     not at all) and leaves nothing behind.
     """
+    local = _local_path(url)
+    if local is not None:
+        head, name = os.path.split(local)
+        if head:
+            os.makedirs(head, exist_ok=True)
+        tmp = os.path.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        _rename(tmp, local)
+        return
     fs, path = get_fs(url)
     parent, slash, name = path.rpartition("/")
     if "s3" in _protocols(fs):
@@ -137,6 +166,9 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     with fs.open(tmp, "wb") as fh:
         fh.write(data)
     fs.mv(tmp, path)
+
+
+_rename = os.replace  # the atomic step of a local write (a test stands a crash in for it)
 
 
 def write_text_atomic(url: str, text: str) -> None:

@@ -303,8 +303,7 @@ def test_a_write_cut_short_leaves_a_hidden_temporary_that_the_next_run_removes(
 ) -> None:
     """A local write killed before its rename leaves a hidden temporary, never a partial file
     under the final name; rebuilding the manifest (the end of annotate) deletes it."""
-    from fsspec.implementations.local import LocalFileSystem
-
+    import lamflow.storage
     from lamflow.storage import write_bytes_atomic
     from tasks.annotate import write_manifest
 
@@ -314,7 +313,7 @@ def test_a_write_cut_short_leaves_a_hidden_temporary_that_the_next_run_removes(
     def killed(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt  # the process dies between the write and the rename
 
-    monkeypatch.setattr(LocalFileSystem, "mv", killed)
+    monkeypatch.setattr(lamflow.storage, "_rename", killed)
     with pytest.raises(KeyboardInterrupt):
         write_bytes_atomic(str(out / "labels" / "b.png"), b"\x89PNG partial")
     monkeypatch.undo()
