@@ -13,7 +13,8 @@ ratio = CLI seconds / flow seconds (target >= 0.85), orchestration overhead = 1 
 compute time / flow wall time) (target <= 10%), where annotate compute time = the time at least
 one shard was inside `annotate` (the union of the shards' intervals), so process start-up,
 ingest, QC, export and scheduling count as overhead, and overhead_vs_cli = 1 - CLI seconds /
-flow seconds (what the flow adds to the same labeling in the same kind of process). The model is trained once beforehand.
+flow seconds (what the flow adds to the same labeling in the same kind of process). The model
+is trained once beforehand.
 
     .venv/bin/python bench/pipeline.py --frames 1000            # workers: one per 4 cores
 """
