@@ -213,7 +213,7 @@ def vocabulary(
     merge_manual(mapping, _previous_mapping(out))
     if llm is not None and targets and params.llm_refine_mapping:
         refine_mapping_with_llm(mapping, targets, llm)
-    doc = {
+    doc: dict[str, Any] = {
         "schema": SCHEMA,
         "images": images,
         "target": target or "",
