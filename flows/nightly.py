@@ -262,7 +262,7 @@ def nightly(
     logger = get_run_logger()
     if not pending and params.review.backend == "none" and not done_drives(root):
         logger.info("no new drops under %s", root)
-        return {"drops": {}, "skipped": []}
+        return {"drops": {}, "skipped": [], "pending": []}
     logger.info("new drops: %s", ", ".join(pending) if pending else "none")
     owner = str(flow_run.id or os.getpid())
     with run_lease(params, owner) as renew:
@@ -271,6 +271,7 @@ def nightly(
             return {"drops": {}, "skipped": pending, "busy": True}
         result = _run_drops(params, pending, owner, renew)
     result["run"] = owner
+    result["pending"] = pending  # the new drops this run found when it started
     _succeed_or_raise(root, result, owner)
     review_problem = _review_failure(result)
     if review_problem:
