@@ -117,7 +117,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     )
     server.start(timeout=120)
     try:
-        with _environment(server.env()):
+        with environment(server.env()):
             server.make_bucket("lamflow-test")
             yield server
     finally:
@@ -125,7 +125,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for the duration (session fixtures cannot use monkeypatch)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)

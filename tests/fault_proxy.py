@@ -392,10 +392,7 @@ class FaultProxy:
             for mode, seconds in zip(itertools.cycle(modes), itertools.cycle(downs)):
                 if self._cycle_stop.wait(up):
                     return
-                self._begin_outage(mode)
-                stopped = self._cycle_stop.wait(seconds)
-                self._end_outage(seconds)
-                if stopped:
+                if self._outage(mode, seconds):
                     return
 
         self._cycle = threading.Thread(target=run, daemon=True)
@@ -431,14 +428,18 @@ class FaultProxy:
                         if self._cycle_stop.is_set():
                             return
                         self._matched.wait(0.05)
-                self._begin_outage(mode)
-                stopped = self._cycle_stop.wait(seconds)
-                self._end_outage(seconds)
-                if stopped:
+                if self._outage(mode, seconds):
                     return
 
         self._cycle = threading.Thread(target=run, daemon=True)
         self._cycle.start()
+
+    def _outage(self, mode: str, seconds: float) -> bool:
+        """One outage of `seconds` in `mode`; True when stop_faults() ended it early."""
+        self._begin_outage(mode)
+        stopped = self._cycle_stop.wait(seconds)
+        self._end_outage(seconds)
+        return stopped
 
     def stop_faults(self) -> None:
         """End the outage cycle, any outage in progress and the PUT cuts; keep forwarding."""

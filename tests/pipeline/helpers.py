@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -93,18 +90,3 @@ def write_params(path: Path, root: str, seeds: Path, **sections: dict) -> Path:
         data.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration (session fixtures cannot use monkeypatch)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
