@@ -14,6 +14,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
+from lam.errors import LamflowError
 from lam.imageio import decode_image
 from lamflow.params import Params
 from lamflow.storage import join, list_dir, read_bytes
@@ -86,24 +87,31 @@ def drop_report(
     return "\n".join(lines)
 
 
+def published(summary: dict[str, Any]) -> bool:
+    """A labeled drop is published (exported, done, versioned) unless its QC failed and no
+    person accepted it."""
+    return summary["qc"] != "fail" or bool(summary.get("accepted"))
+
+
 def adapted_model(
     root: str, drive: str, images: str, model: dict[str, Any], params: Params
 ) -> dict[str, Any]:
     """`model` self-trained on this drop's frames (`pipeline.adapt_per_drop`), by the `adapt`
     stage, which reuses an adaptation an earlier (e.g. interrupted) run already made."""
     seeds = seed_set_url(root)  # the seed set the model was trained on
+    out = adapted_model_url(root, model["model_version"], drive, params.adapt)
     report = adapt_task(
         model["model"],
         images,
         join(seeds, "images"),
         join(seeds, "labels"),
-        adapted_model_url(root, model["model_version"], drive, params.adapt),
+        out,
         params.adapt,
         progress=False,
     )
     return {
         **model,
-        "model": adapted_model_url(root, model["model_version"], drive, params.adapt),
+        "model": out,
         "model_version": report["model_version"],
         "adapt_seconds": report["seconds"],
     }
@@ -140,7 +148,9 @@ def label_drop(
                 progress=False,
                 skip_existing=True,
             )
-        except Exception as exc:  # noqa: BLE001 - reported; labeling never waits on it
+        except (LamflowError, ImportError) as exc:  # a backend that cannot run: reported
+            # (a storage fault is not caught: the task retried it, and a drop that fails is
+            # not done, so the next run labels it and makes its vocabulary again)
             vocabulary_error = f"{type(exc).__name__}: {exc}"
             logger.warning("drop %s: no vocabulary (%s); labeling goes on", drive, exc)
     out = drop_labels_url(root, model["model_version"], drive)
@@ -172,7 +182,7 @@ def label_drop(
     )
     accepted = qc["status"] == "fail" and is_accepted(root, drive)
     exported: dict[str, Any] = {"dest": None}
-    if qc["status"] != "fail" or accepted:
+    if published({"qc": qc["status"], "accepted": accepted}):
         still_ours()  # a drop whose lease another run took over is not published by this one
         dest = export_dest(params.export, root, model["model_version"], drive)
         exported = export_task(out, model["model"], dest, params.export, progress=False)

@@ -40,7 +40,7 @@ from tasks.ingest import add_drop, drop_url, list_drops
 from tasks.models import seed_sources
 from tasks.vocabulary import VOCABULARY_FILE
 
-from .drop import adapted_model, label_drop
+from .drop import adapted_model, label_drop, published
 from .review_loop import loop_report, pending_pushes, pull_step, push_step, pushed_overlays
 from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
 from .stage_tasks import train_task, version_task
@@ -189,12 +189,6 @@ def _run_drops(
         "review": {"pull": pull, "push": push},
         "versions": versions,
     }
-
-
-def published(summary: dict[str, Any]) -> bool:
-    """A labeled drop is published (exported, done, versioned) unless its QC failed and no
-    person accepted it."""
-    return summary["qc"] != "fail" or bool(summary.get("accepted"))
 
 
 def _version_step(

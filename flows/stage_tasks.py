@@ -24,7 +24,7 @@ from tasks.version import version
 from tasks.vocabulary import vocabulary
 
 ingest_task = task(name="ingest", retries=2, retry_delay_seconds=5)(ingest)
-vocabulary_task = task(name="vocabulary")(vocabulary)
+vocabulary_task = task(name="vocabulary", retries=2, retry_delay_seconds=5)(vocabulary)
 # `train` as the flows run it: trains only when the seed set (or a train param) changed
 train_task = task(name="train", retries=1)(ensure_model)
 adapt_task = task(name="adapt")(adapt)

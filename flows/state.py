@@ -207,12 +207,11 @@ def _next_generation(lease: str, generation: int, record: dict[str, Any]) -> boo
 
 
 def acquire_lease(
-    root: str, name: str, owner: str, ttl: float, settle: float = 0.0, folder: str = "leases"
+    root: str, name: str, owner: str, ttl: float, folder: str = "leases"
 ) -> str | None:
     """Claim lease `name` for `ttl` seconds; returns the lease token, or None if held by another.
 
     `owner` is informational (a flow run id); the token distinguishes two claims by one owner.
-    `settle` is ignored: the claim is atomic (it was the wait of the old write-then-read claim).
     """
     lease = _lease_dir(root, name, folder)
     generation, current = _holder(lease)

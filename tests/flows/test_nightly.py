@@ -38,7 +38,7 @@ def test_nightly_labels_new_drops_once_and_skips_leased_ones(
     write_drop(str(root), "d1", 4, bad=True)
     write_drop(str(root), "d2", 2)
     write_drop(str(root), "d3", 2)
-    assert acquire_lease(str(root), "d3", "another-run", ttl=600, settle=0)
+    assert acquire_lease(str(root), "d3", "another-run", ttl=600)
 
     result = _run(params)
 
