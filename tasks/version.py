@@ -118,8 +118,12 @@ def _add(repo: Any, workspace: Path, source: str, target: str) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):  # DVC prints git hints on stdout
         repo.add(_dvc_url(source), out=str(out), to_remote=True)
-    doc = yaml.safe_load((workspace / f"{target}.dvc").read_text())
-    return str(doc["outs"][0]["md5"])
+    return _recorded_md5(workspace / f"{target}.dvc")
+
+
+def _recorded_md5(dvc_file: Path) -> str:
+    """The md5 a .dvc file records for its output."""
+    return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
 
 
 def version(
@@ -153,7 +157,12 @@ def version(
     repo = open_workspace(workspace, remote)
     seeds_md5 = _add(repo, workspace, seeds, "seeds")
     model_target = f"models/{safe_name(model_version, 'model version')}"
-    model_md5 = _add(repo, workspace, model, model_target)
+    # a model version names its bytes (config + weights): versioned once, not streamed again
+    known = workspace / f"{model_target}.dvc"
+    if known.exists():
+        model_md5 = _recorded_md5(known)
+    else:
+        model_md5 = _add(repo, workspace, model, model_target)
     lineage: dict[str, Any] = {}
     for drive, urls in sorted(drops.items()):
         name = safe_name(drive, "drive id")
