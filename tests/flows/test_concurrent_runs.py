@@ -172,9 +172,11 @@ def _versions(client: Any) -> dict[str, set[str]]:
 
 
 def _wait_for(paths: list[Path], procs: list[subprocess.Popen[bytes]], logs: Path, s: float):
+    """Wait until every path exists; paths[i] is what procs[i] writes. A run that exits after
+    writing its path (its last round done) is fine; one that exits without it failed."""
     deadline = time.monotonic() + s
     while not all(p.exists() for p in paths):
-        dead = [p.args for p in procs if p.poll() is not None]
+        dead = [r.args for r, p in zip(procs, paths) if r.poll() is not None and not p.exists()]
         if dead or time.monotonic() > deadline:
             tails = "\n".join(f.read_text()[-3000:] for f in sorted(logs.glob("run-*.log")))
             pytest.fail(f"runs {'exited' if dead else 'timed out'} waiting for {paths}:\n{tails}")
