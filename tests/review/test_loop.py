@@ -23,7 +23,7 @@ from lam.errors import LamflowError
 from lam.formats.labelstudio import review_task
 from lamflow.labelstudio import LabelStudioServer, free_port
 from lamflow.labelstudio_api import LabelStudioClient
-from tests.pipeline.helpers import environment
+from tests.conftest import environment
 from tests.review.helpers import keypoint_result, reviewer_annotate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -19,8 +19,8 @@ from lamflow.storage import sha256_bytes
 from tasks.review_files import review_pull_files
 from tasks.review_sync import review_pull
 from tasks.seed_set import list_seeds
-from tests.conftest import make_scene
-from tests.pipeline.helpers import TINY_CLASSES, environment
+from tests.conftest import environment, make_scene
+from tests.pipeline.helpers import TINY_CLASSES
 from tests.review.helpers import CLASSES, brush_result, reviewer_annotate
 
 
