@@ -25,17 +25,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from lam.errors import LamflowError
 from lamflow.storage import create_exclusive, get_fs, join, safe_name, write_text_atomic
+from lamflow.timestamps import utc_now
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # Other runs, possibly on other machines, write this state: it is always read afresh. s3fs keeps
@@ -77,9 +73,9 @@ def read_done(root: str, drive: str) -> dict[str, Any]:
 def mark_done(root: str, drive: str, summary: dict[str, Any]) -> None:
     """Record `drive` as finished; a relabeled drop keeps the time it was first finished
     (`first_finished_at`: the order `review.backfill: last N` counts drops in)."""
-    first = read_done(root, drive).get("first_finished_at") or _now()
+    first = read_done(root, drive).get("first_finished_at") or utc_now()
     url = join(root, "state", "done", f"{safe_name(drive, 'drive id')}.json")
-    record = {"finished_at": _now(), "first_finished_at": first, **summary}
+    record = {"finished_at": utc_now(), "first_finished_at": first, **summary}
     write_text_atomic(url, json.dumps(record, default=str))
 
 
@@ -106,7 +102,7 @@ def _accepted_url(root: str, drive: str) -> str:
 def accept_drop(root: str, drive: str, by: str = "", note: str = "") -> dict[str, Any]:
     """A person accepts drop `drive` although its QC failed: the next run exports it and marks
     it done (`lamflow drop accept DRIVE`)."""
-    record = {"drive": drive, "accepted_at": _now(), "by": by, "note": note}
+    record = {"drive": drive, "accepted_at": utc_now(), "by": by, "note": note}
     write_text_atomic(_accepted_url(root, drive), json.dumps(record))
     return record
 
@@ -121,7 +117,7 @@ def read_watermark(root: str) -> dict[str, Any]:
 
 def write_watermark(root: str, drives: list[str], run: str) -> None:
     """Record a successful run: its time, id and the drops it finished."""
-    data = {"last_success": _now(), "run": run, "drives": drives}
+    data = {"last_success": utc_now(), "run": run, "drives": drives}
     write_text_atomic(join(root, "state", "watermark.json"), json.dumps(data))
 
 
@@ -134,7 +130,7 @@ def read_model_pointer(root: str) -> str:
 def write_model_pointer(root: str, model: dict[str, Any]) -> None:
     """Record the model this run labels with (its version, directory and seed count)."""
     keys = ("model_version", "model", "seeds", "trained")
-    data = {"since": _now(), **{k: model.get(k) for k in keys}}
+    data = {"since": utc_now(), **{k: model.get(k) for k in keys}}
     write_text_atomic(join(root, "state", "model.json"), json.dumps(data))
 
 
@@ -218,7 +214,7 @@ def acquire_lease(
     if _live(current):
         return None
     token = uuid.uuid4().hex
-    claim = {"owner": owner, "token": token, "expires": time.time() + ttl, "since": _now()}
+    claim = {"owner": owner, "token": token, "expires": time.time() + ttl, "since": utc_now()}
     return token if _next_generation(lease, generation + 1, claim) else None
 
 
@@ -231,7 +227,7 @@ def renew_lease(root: str, name: str, token: str, ttl: float, folder: str = "lea
     generation, current = _holder(lease)
     if not current or current.get("token") != token or current.get("released"):
         return False
-    renewed = {**current, "expires": time.time() + ttl, "renewed": _now()}
+    renewed = {**current, "expires": time.time() + ttl, "renewed": utc_now()}
     return _next_generation(lease, generation + 1, renewed)
 
 
@@ -240,7 +236,7 @@ def release_lease(root: str, name: str, token: str, folder: str = "leases") -> N
     lease = _lease_dir(root, name, folder)
     generation, current = _holder(lease)
     if current and current.get("token") == token and not current.get("released"):
-        released = {**current, "released": True, "expires": 0, "released_at": _now()}
+        released = {**current, "released": True, "expires": 0, "released_at": utc_now()}
         _next_generation(lease, generation + 1, released)
 
 

@@ -5,13 +5,13 @@ only with the seeds."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from lam.errors import LamflowError
 from lamflow.storage import iter_lines, write_text_atomic
+from lamflow.timestamps import utc_now
 
 
 def read_history(url: str) -> list[dict[str, Any]]:
@@ -44,6 +44,5 @@ def write_history(url: str, entries: list[dict[str, Any]], summary: dict[str, An
     """
     kept = [e for e in entries if e.get("drive") != summary["drive"]]
     keys = ("drive", "model_version", "class_histogram")
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    kept.append({**{k: summary[k] for k in keys}, "time": now})
+    kept.append({**{k: summary[k] for k in keys}, "time": utc_now()})
     write_text_atomic(url, "".join(json.dumps(e) + "\n" for e in kept))

@@ -25,11 +25,12 @@ from lamflow.storage import (
     sha256_bytes,
     write_text_atomic,
 )
+from lamflow.timestamps import utc_now
 from tasks.frame_sources import load_classes
 from tasks.ingest import drop_url
 from tasks.review_select import SELECTION
 from tasks.review_sync import pushed_url, seed_stem
-from tasks.seed_set import add_seed, seed_set_url, utc_now
+from tasks.seed_set import add_seed, seed_set_url
 
 
 def _frames_by_stem(root: str) -> dict[str, list[tuple[str, str]]]:

@@ -42,10 +42,11 @@ from lamflow.storage import (
     sha256_bytes,
     write_text_atomic,
 )
+from lamflow.timestamps import utc_now
 from tasks.frame_sources import load_classes
 from tasks.ingest import drop_url
 from tasks.review_select import SELECTION
-from tasks.seed_set import add_seed, seed_set_url, utc_now
+from tasks.seed_set import add_seed, seed_set_url
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,7 @@ from lamflow.storage import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from lamflow.timestamps import utc_now
 from tasks.frame_sources import load_classes
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,6 @@ BOOTSTRAP_MARKER = "bootstrap.json"  # written last by bootstrap_seed_set
 def seed_set_url(root: str) -> str:
     """ROOT/seeds: the fleet's seed set."""
     return join(root, "seeds")
-
-
-def utc_now() -> str:
-    """The time now, UTC, ISO 8601 to the second (provenance and state records)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def check_seed_label(label: np.ndarray, frame_hw: tuple[int, int], classes: ClassList) -> None:
