@@ -117,7 +117,10 @@ class AnnotateParams(_Section):
 class IngestParams(_Section):
     """Registering a drop: which checks run on every frame before it is listed as usable."""
 
-    decode_check: bool = True  # decode every frame (catches truncated/corrupt files early)
+    # Every frame's header is parsed (format, size; bytes that are no image fail here). True
+    # also decodes every frame fully, so a truncated file fails at ingest; `annotate` decodes
+    # every frame anyway and quarantines one it cannot, so in the flow that is done twice.
+    decode_check: bool = False
     io_threads: int = Field(default=4, ge=1, le=64)
 
 

@@ -48,24 +48,32 @@ def _check_frame(stem: str, url: str, decode: bool) -> dict[str, Any]:
     entry.update(sha256=sha256_bytes(data), size=len(data), width=0, height=0, reason="")
     if not data:
         return {**entry, "ok": False, "reason": "empty file (0 bytes)"}
-    if decode:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # parses the header: format and size
+            if decode:
                 img.load()  # full decode: a truncated JPEG/PNG fails here, not at annotate time
-                entry.update(width=img.width, height=img.height)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
-            return {**entry, "ok": False, "reason": f"cannot decode: {exc}"}
+            entry.update(width=img.width, height=img.height)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
+        return {**entry, "ok": False, "reason": f"cannot decode: {exc}"}
     return entry
 
 
 def ingest(
-    root: str, drive: str, params: IngestParams | None = None, progress: bool = True
+    root: str,
+    drive: str,
+    params: IngestParams | None = None,
+    progress: bool = True,
+    out: str = "",
 ) -> dict[str, Any]:
     """Register drop `drive` under `root`; writes and returns the ingest manifest.
 
+    The manifest goes to `out`, by default ROOT/drops/DRIVE/ingest.json (where the nightly flow
+    keeps it); dvc.yaml writes the sample drop's to data/, so git holds it.
+
     Returns:
         {"drive", "images", "frames", "ok", "bad", "bytes", "seconds", "entries": [...]}, each
-        entry {"stem", "file", "ok", "sha256", "size", "width", "height", "reason"}.
+        entry {"stem", "file", "ok", "sha256", "size", "width", "height", "reason"}; the file
+        (ingest.json) holds the same without "seconds".
     Raises:
         FileNotFoundError if the drop has no images/ folder; LamflowError if it has no frames,
         or a frame's file name is not a safe object key.
@@ -99,7 +107,10 @@ def ingest(
         "seconds": round(time.perf_counter() - started, 3),
         "entries": entries,
     }
-    write_text_atomic(join(base, INGEST_MANIFEST), json.dumps(manifest, indent=1))
+    # The file describes the drop, not the run: without `seconds`, re-ingesting the same frames
+    # writes the same bytes, and DVC re-runs nothing downstream.
+    on_file = {k: v for k, v in manifest.items() if k != "seconds"}
+    write_text_atomic(out or join(base, INGEST_MANIFEST), json.dumps(on_file, indent=1))
     return manifest
 
 

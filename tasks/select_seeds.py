@@ -261,10 +261,12 @@ def select_seeds(
             "uncovered": selection.uncovered,
         },
         "params": params.model_dump(),
-        "seconds": round(time.perf_counter() - started, 2),
         "seeds": seeds,
     }
+    # The file holds the selection only: the same selection is the same bytes, so DVC re-runs
+    # nothing after it. The run's time is in the returned summary.
     write_text_atomic(out, yaml.safe_dump(doc, sort_keys=False))
+    doc["seconds"] = round(time.perf_counter() - started, 2)
     log.info("selected %d seed(s) of %d frames -> %s", len(seeds), len(frames), out)
     return doc
 

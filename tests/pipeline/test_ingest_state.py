@@ -15,14 +15,28 @@ from cli.main import main
 from cli.stages import STAGES, resolve_stage, stage_parser
 from flows.state import done_drives, mark_done
 from lam.errors import LamflowError
+from lamflow.params import IngestParams
 from tasks.ingest import add_drop, ingest, list_drops, read_ingest
 from tests.pipeline.helpers import write_drop
+
+
+def test_ingest_parses_every_header_and_leaves_truncation_to_annotate(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    write_drop(root, "d1", 4, bad=True)
+    manifest = ingest(root, "d1", IngestParams(decode_check=False), progress=False)
+    assert (manifest["frames"], manifest["ok"], manifest["bad"]) == (7, 5, 2)
+    by_stem = {e["stem"]: e for e in manifest["entries"]}
+    assert by_stem["d1_bad_empty"]["reason"] == "empty file (0 bytes)"
+    assert by_stem["d1_bad_corrupt"]["reason"].startswith("cannot decode")
+    truncated = by_stem["d1_bad_truncated"]  # its header is whole: annotate quarantines it
+    assert truncated["ok"] and (truncated["width"], truncated["height"]) == (96, 64)
+    assert (by_stem["d1_0000"]["width"], by_stem["d1_0000"]["height"]) == (96, 64)
 
 
 def test_ingest_lists_hashes_and_flags_bad_frames(tmp_path: Path) -> None:
     root = str(tmp_path)
     write_drop(root, "d1", 4, bad=True)
-    manifest = ingest(root, "d1", progress=False)
+    manifest = ingest(root, "d1", IngestParams(decode_check=True), progress=False)
     assert (manifest["frames"], manifest["ok"], manifest["bad"]) == (7, 4, 3)
     by_stem = {e["stem"]: e for e in manifest["entries"]}
     assert by_stem["d1_bad_empty"]["reason"] == "empty file (0 bytes)"
@@ -96,6 +110,8 @@ def test_stage_cli_writes_the_result(tmp_path: Path) -> None:
             "d1",
             "--set",
             f"data.root={tmp_path}",
+            "--set",
+            "ingest.decode_check=true",
             "--json-out",
             str(out),
         ]
