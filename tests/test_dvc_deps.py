@@ -5,8 +5,9 @@ The modules are derived, not written down: a stage's command names its entry mod
 follows its imports through lam/, lamflow/, tasks/ and flows/ by parsing them (`import x`,
 `from x import y`, relative imports, imports inside functions, and registry strings such as
 "lam.prompts.sam:SamSegmenter", which are imported lazily). A dep folder covers every file
-under it. The `lamflow` command-line modules that dispatch a stage are left out: they only pass
-the arguments, which dvc.yaml spells out.
+under it. A `lamflow ...` command also runs the command-line modules that dispatch it
+(`DISPATCH`: the entry point, and cli/stages.py, whose table maps a stage's options and
+defaults), so they are deps of every such stage: a changed default re-runs the stages.
 
 `python -m tests.test_dvc_deps` prints, per stage, the smallest list of files and folders that
 covers its modules (a folder when every module in it is needed): what dvc.yaml's code deps are.
@@ -25,7 +26,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("lam", "lamflow", "tasks", "flows")
+PACKAGES = ("lam", "lamflow", "tasks", "flows", "cli")
+# What `lamflow ...` runs before the stage function. cli/main.py also imports the other command
+# modules (runs, tools, demo) to register their parsers; no code of theirs runs for a stage.
+DISPATCH = ("cli.main", "cli.stages")
 # A string naming a module (and maybe an attribute), as backend registries hold them.
 _DOTTED = re.compile(rf"^(?:{'|'.join(PACKAGES)})(?:\.\w+)+(?::\w+)?$")
 # Commands whose entry module is not a `lamflow stage` row: `lamflow drop add` calls
@@ -105,6 +109,34 @@ def first_party_closure(module: str, root: Path = REPO) -> frozenset[Path]:
     return frozenset(p.relative_to(root) for p in seen)
 
 
+def _top_level_imports(path: Path) -> set[str]:
+    """Modules `path` imports when it is loaded (its module-level import statements only)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+@cache
+def stage_modules(cmd: str, root: Path = REPO) -> frozenset[Path]:
+    """Files a dvc.yaml `cmd` runs: its entry module's closure, plus, for `lamflow ...`, the
+    dispatching modules and what they import when loaded (not the stage table's target strings,
+    which name every stage: only this stage's target runs)."""
+    files = set(first_party_closure(stage_entry_module(cmd), root))
+    if shlex.split(cmd)[0] == "lamflow":
+        for name in DISPATCH:
+            path = module_file(name, root)
+            if path is None:
+                raise ValueError(f"dispatch module {name} not found under {root}")
+            files |= {path.relative_to(root), *first_party_closure(name.split(".")[0], root)}
+            for imported in _top_level_imports(path):
+                files |= first_party_closure(imported, root)
+    return frozenset(files)
+
+
 def stage_entry_module(cmd: str) -> str:
     """The module whose code a dvc.yaml `cmd` runs (ValueError for a form not understood)."""
     words = shlex.split(cmd)
@@ -157,7 +189,7 @@ STAGES = _stages()
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_deps_cover_every_module_it_imports(name: str) -> None:
     stage = STAGES[name]
-    needed = first_party_closure(stage_entry_module(" ".join(stage["cmd"].split())))
+    needed = stage_modules(" ".join(stage["cmd"].split()))
     deps = code_deps(stage)
     missing = sorted(str(f) for f in needed if not any(covers(d, f) for d in deps))
     assert not missing, f"dvc.yaml stage {name}: deps lack {missing}"
@@ -166,7 +198,7 @@ def test_stage_deps_cover_every_module_it_imports(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_code_deps_exist_and_are_imported(name: str) -> None:
     stage = STAGES[name]
-    needed = first_party_closure(stage_entry_module(" ".join(stage["cmd"].split())))
+    needed = stage_modules(" ".join(stage["cmd"].split()))
     for dep in code_deps(stage):
         assert (REPO / dep).exists(), f"dvc.yaml stage {name}: dep {dep} does not exist"
         assert any(covers(dep, f) for f in needed), (
@@ -224,8 +256,8 @@ def write_code_deps(path: Path = REPO / "dvc.yaml") -> None:
         if stage in STAGES and dep.split("/")[0] in PACKAGES:
             if stage not in done:
                 done.add(stage)
-                entry = stage_entry_module(" ".join(STAGES[stage]["cmd"].split()))
-                out += [f"      - {d}\n" for d in compact_deps(first_party_closure(entry))]
+                files = stage_modules(" ".join(STAGES[stage]["cmd"].split()))
+                out += [f"      - {d}\n" for d in compact_deps(files)]
             continue
         out.append(line)
     path.write_text("".join(out))
@@ -235,7 +267,6 @@ if __name__ == "__main__":  # print the derived code deps of every stage; --writ
     if "--write" in sys.argv:
         write_code_deps()
     for stage_name, spec in STAGES.items():
-        entry = stage_entry_module(" ".join(spec["cmd"].split()))
         print(f"{stage_name}:")
-        for dep in compact_deps(first_party_closure(entry)):
+        for dep in compact_deps(stage_modules(" ".join(spec["cmd"].split()))):
             print(f"  - {dep}")

@@ -168,11 +168,12 @@ def test_command_line_imports_then_merges(
 # --- the DAG, for real ---------------------------------------------------------------------
 
 BEFORE_SEEDS = {"drop", "ingest", "vocabulary", "select_seeds", "seed_masks"}
-FROM_SEEDS = {"seed_set", "train", "annotate", "qc", "evaluate", "export"}
+FROM_SEEDS = {"seed_set", "train", "adapt", "annotate", "qc", "evaluate", "export"}
 SMALL = {  # a few minutes of CPU become seconds; the DAG is the same
     "vocabulary": {"max_frames": 4, "views": "full"},
     "select_seeds": {"short_side": 96, "budget": 3},
     "train": {"iterations": 8, "optou_iterations": 2},
+    "adapt": {"max_frames": 4, "rounds": 1},
 }
 
 
