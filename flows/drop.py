@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,19 @@ def drop_report(
     return "\n".join(lines)
 
 
+class _StepClock:
+    """Wall seconds of each step of a drop, in order (the drop summary's `step_seconds`)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.laps[step] = round(now - self._last, 3)
+        self._last = now
+
+
 def published(summary: dict[str, Any]) -> bool:
     """A labeled drop is published (exported, done, versioned) unless its QC failed and no
     person accepted it."""
@@ -129,14 +143,18 @@ def label_drop(
     before anything is published."""
     logger = get_run_logger()
     images = join(drop_url(root, drive), "images")
+    clock = _StepClock()
     if params.pipeline.adapt_per_drop:
         manifest = ingest_task(root, drive, params.ingest, progress=False)
+        clock.lap("ingest")
         model = adapted_model(root, drive, images, model, params)
+        clock.lap("adapt")
         warm = annotate_warm_up_task.submit(model["model"], params.annotate)
     else:
         # Start the workers (they import torch and load the model) while the flow ingests.
         warm = annotate_warm_up_task.submit(model["model"], params.annotate)
         manifest = ingest_task(root, drive, params.ingest, progress=False)
+        clock.lap("ingest")
     vocabulary_error = ""
     if params.pipeline.vocabulary_per_drop:  # which classes does the drop hold? (step 1)
         try:
@@ -153,6 +171,7 @@ def label_drop(
             # not done, so the next run labels it and makes its vocabulary again)
             vocabulary_error = f"{type(exc).__name__}: {exc}"
             logger.warning("drop %s: no vocabulary (%s); labeling goes on", drive, exc)
+        clock.lap("vocabulary")
     out = drop_labels_url(root, model["model_version"], drive)
     shards = plan_shards([e["stem"] for e in manifest["entries"]], params.annotate.shard_size)
     first = params.annotate.model_copy(update={"write_overlays": params.pipeline.overlays_per_drop})
@@ -164,7 +183,9 @@ def label_drop(
     wait(futures)  # every shard ends before a failure is raised: none writes on afterwards
     shard_results = [f.result() for f in futures]
     warm.result()
+    clock.lap("annotate")
     counts = annotate_manifest_task(out)
+    clock.lap("annotate_manifest")
     if counts["quarantined"]:
         logger.warning(
             "drop %s: %d frame(s) quarantined: %s",
@@ -180,12 +201,14 @@ def label_drop(
         params.qc,
         history=join(root, "state", "qc_history.jsonl"),
     )
+    clock.lap("qc")
     accepted = qc["status"] == "fail" and is_accepted(root, drive)
     exported: dict[str, Any] = {"dest": None}
     if published({"qc": qc["status"], "accepted": accepted}):
         still_ours()  # a drop whose lease another run took over is not published by this one
         dest = export_dest(params.export, root, model["model_version"], drive)
         exported = export_task(out, model["model"], dest, params.export, progress=False)
+        clock.lap("export")
     else:  # a failed drop is not published: the next run labels it again, or a person accepts
         logger.warning(
             "drop %s failed QC: not exported (`lamflow drop accept %s` to publish it)", drive, drive
@@ -197,6 +220,7 @@ def label_drop(
         ),
         description=f"lamflow drop {drive}",
     )
+    clock.lap("artifact")
     return {
         "drive": drive,
         "model": model["model"],
@@ -213,4 +237,5 @@ def label_drop(
         "shards": len(shards),
         "compute_seconds": round(sum(r["compute_seconds"] for r in shard_results), 3),
         "annotate_busy_seconds": round(busy_seconds([r["interval"] for r in shard_results]), 3),
+        "step_seconds": clock.laps,
     }

@@ -26,9 +26,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-# QC's library is imported with the flow module (process start-up), not in the middle of a run:
-# its import costs 5-12 s of one core here. The CLI imports it only for `lamflow stage qc`.
-import great_expectations  # noqa: F401
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -42,7 +39,13 @@ from tasks.vocabulary import VOCABULARY_FILE
 
 from .drop import adapted_model, label_drop, published
 from .review_loop import loop_report, pending_pushes, pull_step, push_step, pushed_overlays
-from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
+from .runtime import (
+    auto_workers,
+    dask_runner,
+    import_in_background,
+    shared_prefect_api,
+    worker_environment,
+)
 from .stage_tasks import train_task, version_task
 from .state import (
     RUN_LEASES,
@@ -119,6 +122,9 @@ def _run_drops(
     """
     logger = get_run_logger()
     root = params.data.root
+    # QC's library takes 3-5 s of one core to import: loaded while the run trains and labels,
+    # not on the way to the first drop (the process start-up) nor in the middle of QC.
+    import_in_background("great_expectations")
     before = read_model_pointer(root)
     pull = pull_step(params)
     renew()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +22,26 @@ def auto_workers(cores: int | None = None) -> int:
     one-thread processes 2.5 frames/s each), and torch's convolutions scale well to ~4 threads.
     """
     return max(1, (cores or usable_cores()) // 4)
+
+
+def import_in_background(module: str) -> threading.Thread:
+    """Start importing `module` on a daemon thread and return it.
+
+    For a heavy library a later step needs (Great Expectations for QC): the import runs while
+    the flow's main thread waits on its Dask shards, not before the first one. A step that
+    imports it meanwhile waits for this import (Python's per-module import lock) and gets the
+    same module; an import error is raised there again, where it means something.
+    """
+
+    def _import() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the step that needs the module raises it
+            pass
+
+    thread = threading.Thread(target=_import, name=f"import-{module}", daemon=True)
+    thread.start()
+    return thread
 
 
 def worker_environment(threads: int) -> dict[str, str | None]:

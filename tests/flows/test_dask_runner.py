@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import dask
+import pytest
 
 from flows.nightly import auto_workers, dask_runner, worker_environment
+from flows.runtime import import_in_background
 
 
 def test_auto_workers_is_one_per_four_cores_and_at_least_one() -> None:
@@ -33,3 +38,21 @@ def test_one_worker_runs_in_process_several_in_processes() -> None:
 def test_existing_scheduler_is_used_as_given() -> None:
     runner = dask_runner("tcp://127.0.0.1:8786")
     assert runner.address == "tcp://127.0.0.1:8786"
+
+
+def test_a_module_imported_in_the_background_is_the_one_a_step_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = "import time\ntime.sleep(0.3)\nLOADED = object()\n"
+    (tmp_path / "lamflow_slow_mod.py").write_text(slow)
+    (tmp_path / "lamflow_broken_mod.py").write_text("raise RuntimeError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thread = import_in_background("lamflow_slow_mod")
+    import lamflow_slow_mod  # waits for the import under way: one module, loaded once
+
+    thread.join(timeout=10)
+    assert sys.modules["lamflow_slow_mod"] is lamflow_slow_mod and lamflow_slow_mod.LOADED
+    # a module that fails to import fails the step that needs it, not the background thread
+    import_in_background("lamflow_broken_mod").join(timeout=10)
+    with pytest.raises(RuntimeError, match="broken on import"):
+        import lamflow_broken_mod  # noqa: F401
