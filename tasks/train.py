@@ -113,7 +113,7 @@ def train(
         )
 
     config = LamConfig(classes=class_list.to_json(), **model.model_dump())
-    net = build_lam(config)
+    net = build_lam(config, seed=settings.seed)
     lam_settings = TrainSettings(
         **{
             **settings.model_dump(exclude={"seeds", "unlabeled_frames"}),
