@@ -82,7 +82,7 @@ _STAGES: dict[str, StageSpec] = {
         {"classes": "classes"},
     ),
     "import_seeds": StageSpec(
-        "tasks.seed_set:import_seeds",
+        "tasks.seed_bootstrap:import_seeds",
         "copy seed frames + labels into a seed set, byte for byte",
         defaults={"stems": "train.seeds", **_SEEDS},
     ),

@@ -16,13 +16,8 @@ from lam.artifact import CONFIG_FILE
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from tasks.frame_sources import load_classes, pick_unlabeled
-from tasks.seed_set import (
-    BOOTSTRAP_MARKER,
-    bootstrap_from_zero_shot,
-    bootstrap_seed_set,
-    seed_set_fingerprint,
-    seed_set_url,
-)
+from tasks.seed_bootstrap import bootstrap_from_zero_shot, bootstrap_seed_set
+from tasks.seed_set import BOOTSTRAP_MARKER, seed_set_fingerprint, seed_set_url
 from tasks.train import train
 from tasks.zero_shot_seeds import zero_shot_seeds
 

@@ -21,7 +21,8 @@ import yaml
 from PIL import Image
 
 from lam.errors import LamflowError
-from tasks.seed_set import add_seed, import_seeds, list_seeds
+from tasks.seed_bootstrap import import_seeds
+from tasks.seed_set import add_seed, list_seeds
 from tasks.seed_set import seed_set as seed_set_stage  # `seed_set` is a fixture here
 from tests.conftest import CAMVID, REPO, make_scene
 from tests.pipeline.helpers import TINY_CLASSES

@@ -13,13 +13,8 @@ from PIL import Image
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lamflow.params import load_params
-from tasks.seed_set import (
-    add_seed,
-    bootstrap_seed_set,
-    check_seed_label,
-    list_seeds,
-    seed_set_fingerprint,
-)
+from tasks.seed_bootstrap import bootstrap_seed_set
+from tasks.seed_set import add_seed, check_seed_label, list_seeds, seed_set_fingerprint
 from tests.conftest import make_scene
 from tests.pipeline.helpers import TINY_CLASSES, write_params
 
