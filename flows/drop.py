@@ -28,6 +28,7 @@ from tasks.seed_set import seed_set_url
 from tasks.shards import busy_seconds, plan_shards
 from tasks.vocabulary import VOCABULARY_FILE
 
+from .runtime import import_in_background
 from .stage_tasks import (
     adapt_task,
     annotate_manifest_task,
@@ -180,6 +181,9 @@ def label_drop(
         annotate_shard_task.submit(model["model"], images, out, stems, first if i == 0 else rest)
         for i, stems in enumerate(shards)
     ]
+    # QC's library takes 3-5 s of one core to import: loaded while the shards run and this
+    # thread only waits (it imports nothing meanwhile), not at start-up nor in the middle of QC.
+    import_in_background("great_expectations")
     wait(futures)  # every shard ends before a failure is raised: none writes on afterwards
     shard_results = [f.result() for f in futures]
     warm.result()

@@ -39,13 +39,7 @@ from tasks.vocabulary import VOCABULARY_FILE
 
 from .drop import adapted_model, label_drop, published
 from .review_loop import loop_report, pending_pushes, pull_step, push_step, pushed_overlays
-from .runtime import (
-    auto_workers,
-    dask_runner,
-    import_in_background,
-    shared_prefect_api,
-    worker_environment,
-)
+from .runtime import auto_workers, dask_runner, shared_prefect_api, worker_environment
 from .stage_tasks import train_task, version_task
 from .state import (
     RUN_LEASES,
@@ -122,9 +116,6 @@ def _run_drops(
     """
     logger = get_run_logger()
     root = params.data.root
-    # QC's library takes 3-5 s of one core to import: loaded while the run trains and labels,
-    # not on the way to the first drop (the process start-up) nor in the middle of QC.
-    import_in_background("great_expectations")
     before = read_model_pointer(root)
     pull = pull_step(params)
     renew()

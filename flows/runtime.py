@@ -28,9 +28,12 @@ def import_in_background(module: str) -> threading.Thread:
     """Start importing `module` on a daemon thread and return it.
 
     For a heavy library a later step needs (Great Expectations for QC): the import runs while
-    the flow's main thread waits on its Dask shards, not before the first one. A step that
-    imports it meanwhile waits for this import (Python's per-module import lock) and gets the
-    same module; an import error is raised there again, where it means something.
+    the flow's main thread waits on its Dask shards, not before the first one. Start it where
+    the calling thread imports nothing new meanwhile: two threads importing modules that import
+    each other in opposite orders make Python raise a deadlock error in one of them. A step
+    that imports the module meanwhile waits for this import (Python's per-module import lock)
+    and gets the same module; an import error is raised there again, where it means something.
+    Already imported: the thread finds it in sys.modules and ends at once.
     """
 
     def _import() -> None:

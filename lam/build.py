@@ -201,8 +201,8 @@ def build_lam(
     drawn before, and two runs from the same seeds differed by ~0.2%).
     """
     if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator, put back on exit
+            torch.random.default_generator.manual_seed(seed)  # the one parameter init draws from
             return build_lam(config, backbone)
     classes = config.class_list
     backbone = backbone or build_backbone(config.backbone, config.backbone_options)

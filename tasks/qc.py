@@ -104,7 +104,7 @@ def _frame_row(
     """
     stem, n = rec["stem"], len(names)
     size = (int(entry.get("height") or 0), int(entry.get("width") or 0))
-    known = all(size)  # ingest records no size when it did not decode (ingest.decode_check)
+    known = all(size)  # no size: ingest could not parse the frame's header (or older ingest)
     row: dict[str, Any] = {
         "stem": stem,
         "frame_size": f"{size[1]}x{size[0]}" if known else None,
@@ -203,7 +203,8 @@ def _frame_rows(
     rows = [row for row, _ in results]
     pixels = np.sum([c for _, c in results], axis=0) if results else np.zeros(len(names))
     skipped = _add_outlier_scores(rows, params)
-    # Frames ingest did not decode (ingest.decode_check: false) have no size to check against.
+    # Frames whose header ingest could not parse (or manifests of an older ingest, which
+    # recorded no size without its full decode check) have no size to check against.
     unsized = sum(row["frame_size"] is None for row in rows)
     note = f"{unsized} frame(s) have no size in the ingest manifest: not checked" if unsized else ""
     notes = dict.fromkeys(("label_size_ok", "confidence_size_ok"), note)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import types
 from pathlib import Path
 
 import dask
@@ -43,16 +45,30 @@ def test_existing_scheduler_is_used_as_given() -> None:
 def test_a_module_imported_in_the_background_is_the_one_a_step_imports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow = "import time\ntime.sleep(0.3)\nLOADED = object()\n"
-    (tmp_path / "lamflow_slow_mod.py").write_text(slow)
+    # The module's code signals that it runs, then waits for the test's go: the step's import
+    # below starts while the background import is provably under way, and must wait for it.
+    gate = types.SimpleNamespace(started=threading.Event(), go=threading.Event(), runs=[])
+    monkeypatch.setitem(sys.modules, "lamflow_test_gate", gate)
+    body = "import lamflow_test_gate as g\ng.runs.append(1)\ng.started.set()\ng.go.wait(10)\n"
+    (tmp_path / "lamflow_slow_mod.py").write_text(body + "LOADED = True\n")
     (tmp_path / "lamflow_broken_mod.py").write_text("raise RuntimeError('broken on import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    thread = import_in_background("lamflow_slow_mod")
-    import lamflow_slow_mod  # waits for the import under way: one module, loaded once
+    for name in ("lamflow_slow_mod", "lamflow_broken_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # and removed again afterwards
+    try:
+        thread = import_in_background("lamflow_slow_mod")
+        assert gate.started.wait(10)
+        threading.Timer(0.2, gate.go.set).start()
+        import lamflow_slow_mod  # blocks on the import under way, then gets its module
 
-    thread.join(timeout=10)
-    assert sys.modules["lamflow_slow_mod"] is lamflow_slow_mod and lamflow_slow_mod.LOADED
-    # a module that fails to import fails the step that needs it, not the background thread
-    import_in_background("lamflow_broken_mod").join(timeout=10)
-    with pytest.raises(RuntimeError, match="broken on import"):
-        import lamflow_broken_mod  # noqa: F401
+        assert lamflow_slow_mod.LOADED and gate.runs == [1]  # its code ran once
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        # a module that fails to import fails the step that needs it, not the background thread
+        import_in_background("lamflow_broken_mod").join(timeout=10)
+        with pytest.raises(RuntimeError, match="broken on import"):
+            import lamflow_broken_mod  # noqa: F401
+    finally:
+        gate.go.set()
+        for name in ("lamflow_slow_mod", "lamflow_broken_mod"):
+            sys.modules.pop(name, None)

@@ -274,9 +274,9 @@ def test_dvc_dag_on_a_fresh_clone(clone: tuple[Path, dict[str, str]]) -> None:
     assert _ran(_run([*dvc, "repro"], repo, env)) == set()
 
     # A retrain from the same seeds makes the same weights (only train_report.json's seconds
-    # differ): the stages that read the report re-run, annotate and what follows it do not.
+    # may differ): the stages that read the report may re-run, annotate and what follows not.
     assert _ran(_run([*dvc, "repro", "--force", "--single-item", "train"], repo, env)) == {"train"}
-    assert _ran(_run([*dvc, "repro"], repo, env)) == {"adapt", "qc"}
+    assert _ran(_run([*dvc, "repro"], repo, env)) <= {"adapt", "qc"}
 
     label = repo / "data/seeds/labels/0006R0_f03150.png"
     pixels = np.array(Image.open(label))

@@ -213,7 +213,7 @@ def test_an_undecodable_label_is_reported_once_not_by_every_check_that_needs_it(
 
 def test_sizes_are_not_checked_when_ingest_recorded_none(drop: Drop) -> None:
     url = drop.root / "drops/d1/ingest.json"
-    manifest = json.loads(url.read_text())  # as written with ingest.decode_check: false
+    manifest = json.loads(url.read_text())  # as an older ingest wrote it without decoding
     manifest["entries"] = [{**e, "width": 0, "height": 0} for e in manifest["entries"]]
     url.write_text(json.dumps(manifest))
     summary = drop.qc()
