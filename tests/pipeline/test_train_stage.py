@@ -213,7 +213,9 @@ def test_camvid_seeds_plus_an_unlabeled_drop_end_to_end(camvid: Path, tmp_path: 
     assert scores["per_class"]["road"]["iou"] > 50 and scores["per_class"]["sky"]["iou"] > 50
 
 
-def test_unlabeled_folders_enter_the_model_key_only_when_read(tmp_path: Path) -> None:
+def test_unlabeled_folders_enter_the_model_key_only_when_read(
+    tmp_path: Path, classes: Path
+) -> None:
     """unlabeled_method none: new drops change nothing (no retrain, no relabel); self_train:
     the frames' bytes are part of the model's key."""
     from lamflow.params import Params
@@ -222,10 +224,11 @@ def test_unlabeled_folders_enter_the_model_key_only_when_read(tmp_path: Path) ->
     drop = _folder(tmp_path / "drop", "drvB", range(4), labels=False)
     other = _folder(tmp_path / "other", "drvC", range(4, 8), labels=False)
     fingerprint = [["drvA_0000", "a" * 64, "b" * 64]]
-    none = Params()
+    data = {"classes": str(classes)}  # the key hashes the class list: not CamVid's here
+    none = Params.model_validate({"data": data})
     keys = {seed_key(fingerprint, none, _key(none, [str(d / "images")])) for d in (drop, other)}
     assert len(keys) == 1 and keys == {seed_key(fingerprint, none)}
-    st = Params(train=TrainParams(unlabeled_method="self_train"))
+    st = Params.model_validate({"data": data, "train": {"unlabeled_method": "self_train"}})
     first = seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
     assert first != seed_key(fingerprint, st, _key(st, [str(other / "images")]))
     image, _ = make_scene(99)
