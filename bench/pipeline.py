@@ -12,13 +12,12 @@ Reported (medians over the repeats, and each run): seconds and frames/s of both 
 processes), throughput ratio = CLI seconds / flow seconds (target >= 0.85); the flow run's own
 duration as Prefect records it (what the UI shows), and the process's time outside it
 (`outside_run_seconds`: interpreter start-up and imports before the run, log drain and exit
-after it); orchestration overhead = 1 - (annotate
-compute time / flow run duration) (target <= 10%; issue 3's definition, wall time of the flow),
-where annotate compute time = the time at least one shard was inside `annotate` (the union of
-the shards' intervals), so ingest, QC, export, artifacts and scheduling count as overhead;
-process_overhead, the same over the whole process (start-up included); overhead_vs_cli = 1 - CLI
-seconds / flow seconds; and the drop's steps (`steps`, from the drop summary). The model is
-trained once beforehand.
+after it); orchestration overhead = 1 - (annotate compute time / flow run duration) (target <=
+10%; issue 3's definition, wall time of the flow), where annotate compute time = the time at
+least one shard was inside `annotate` (the union of the shards' intervals), so ingest, QC,
+export, artifacts and scheduling count as overhead; process_overhead, the same over the whole
+process (start-up included); overhead_vs_cli = 1 - CLI seconds / flow seconds; and the drop's
+steps (`steps`, from the drop summary). The model is trained once beforehand.
 
 Both sides in one process instead was tried and dropped: there the flow's annotate ran 40-70%
 slower than the same call made by the CLI side earlier in that process (measured here), so the

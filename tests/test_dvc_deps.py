@@ -59,8 +59,12 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def imported_names(path: Path, root: Path = REPO) -> set[str]:
-    """Dotted names module `path` may import (`from a import b` gives both a and a.b)."""
+def imported_names(path: Path, root: Path = REPO, on_load: bool = False) -> set[str]:
+    """Dotted names module `path` may import (`from a import b` gives both a and a.b).
+
+    on_load: only what loading the module imports (its module-level import statements), not
+    the imports inside its functions nor the modules its registry strings name.
+    """
     tree = ast.parse(path.read_text(), str(path))
     package = _module_name(path, root)
     if path.name != "__init__.py":
@@ -70,7 +74,7 @@ def imported_names(path: Path, root: Path = REPO) -> set[str]:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in tree.body if on_load else ast.walk(tree):
         if id(node) in skip:
             continue
         if isinstance(node, ast.Import):
@@ -83,7 +87,7 @@ def imported_names(path: Path, root: Path = REPO) -> set[str]:
                 base = node.module or ""
             names.add(base)
             names |= {f"{base}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif not on_load and isinstance(node, ast.Constant) and isinstance(node.value, str):
             if _DOTTED.match(node.value):
                 names.add(node.value.partition(":")[0])
     return names
@@ -109,17 +113,6 @@ def first_party_closure(module: str, root: Path = REPO) -> frozenset[Path]:
     return frozenset(p.relative_to(root) for p in seen)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """Modules `path` imports when it is loaded (its module-level import statements only)."""
-    names: set[str] = set()
-    for node in ast.parse(path.read_text(), str(path)).body:
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return names
-
-
 @cache
 def stage_modules(cmd: str, root: Path = REPO) -> frozenset[Path]:
     """Files a dvc.yaml `cmd` runs: its entry module's closure, plus, for `lamflow ...`, the
@@ -132,7 +125,7 @@ def stage_modules(cmd: str, root: Path = REPO) -> frozenset[Path]:
             if path is None:
                 raise ValueError(f"dispatch module {name} not found under {root}")
             files |= {path.relative_to(root), *first_party_closure(name.split(".")[0], root)}
-            for imported in _top_level_imports(path):
+            for imported in imported_names(path, root, on_load=True):
                 files |= first_party_closure(imported, root)
     return frozenset(files)
 
