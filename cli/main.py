@@ -10,13 +10,15 @@ as `lamflow stage NAME` and `lamflow NAME` (cli/stages.py, from one table), the 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from lam.errors import LamflowError
 
@@ -91,5 +93,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process the way Python's own exit starts, then skip the rest of it.
+
+    Python's exit first joins the non-daemon threads and runs threading's exit hooks (where
+    Prefect's log and event queues drain to the API), then the `atexit` handlers (logging's
+    flush, Prefect's ephemeral server stop, Dask's finalizers). Everything after that is
+    freeing every object and module: ~0.5 s for a process that imported torch, 1.5-2 s for one
+    that also imported Prefect, Dask and Great Expectations (measured here, 2 cores), with
+    nothing left to write. So those two steps run here, stdout and stderr are flushed, and
+    `os._exit` ends the process. Files the commands write are closed by then (`with` blocks,
+    atomic writes), so no buffered bytes are lost.
+    """
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if shutdown_threads is None:  # pragma: no cover - a Python without the hook: exit normally
+        sys.exit(code)
+    shutdown_threads()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written
+            pass
+    os._exit(code)
+
+
+def entry() -> NoReturn:
+    """The `lamflow` console script: `main()`, then `exit_without_teardown`.
+
+    An exception `main` does not turn into an exit code (a traceback under --verbose, argparse's
+    SystemExit for --help or a usage error) leaves through Python's normal exit instead.
+    """
+    exit_without_teardown(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

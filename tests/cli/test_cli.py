@@ -258,6 +258,40 @@ def test_console_script_exits_nonzero_without_traceback(tmp_path: Path):
     ]
 
 
+_EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from cli.main import exit_without_teardown
+out = Path(sys.argv[1])
+def late_writer():
+    time.sleep(0.3)
+    out.joinpath("thread").write_text("joined")
+threading.Thread(target=late_writer).start()  # non-daemon: Python's exit waits for it
+threading._register_atexit(lambda: out.joinpath("thread_hook").write_text("ran"))
+atexit.register(lambda: out.joinpath("atexit").write_text("ran"))
+print("result", end="")  # no newline: still in stdout's buffer
+sys.stderr.write("progress")
+exit_without_teardown(3)
+"""
+
+
+def test_exit_without_teardown_finishes_threads_handlers_and_output(tmp_path: Path):
+    """The fast exit still does what Python's exit does before freeing objects: joins
+    threads, runs threading's hooks (Prefect's log queues) and atexit handlers, flushes."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=_REPO,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("result", "progress")
+    assert (tmp_path / "thread").read_text() == "joined"
+    assert (tmp_path / "thread_hook").read_text() == "ran"
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
 @pytest.mark.slow
 def test_end_to_end_on_camvid(camvid: Path, tmp_path: Path, capsys):
     """One seed from drive 0006R0 labels frames of drive 0016E5 far better than chance."""
