@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -108,13 +109,30 @@ def exit_without_teardown(code: int) -> NoReturn:
     shutdown_threads = getattr(threading, "_shutdown", None)
     if shutdown_threads is None:  # pragma: no cover - a Python without the hook: exit normally
         sys.exit(code)
-    shutdown_threads()
+    # As in Python's exit, a failing threading hook (or Ctrl-C while threads are joined) is
+    # reported and the rest still runs; `_run_exitfuncs` reports a failing handler itself.
+    try:
+        shutdown_threads()
+    except BaseException:
+        traceback.print_exc()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:  # closed by the caller (`>&-`): nothing was written to it
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written
-            pass
+        except (OSError, ValueError) as exc:
+            # Output that never arrived (a full disk, a closed pipe) must not exit 0: Python's
+            # own exit gives 120 here too.
+            err = sys.__stderr__
+            if err is not None:
+                try:
+                    err.write(f"lamflow: error: could not write {name}: {exc}\n")
+                    err.flush()
+                except (OSError, ValueError):
+                    pass
+            code = code or 120
     os._exit(code)
 
 

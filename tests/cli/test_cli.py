@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -262,34 +263,63 @@ _EXIT_SCRIPT = """
 import atexit, sys, threading, time
 from pathlib import Path
 from cli.main import exit_without_teardown
-out = Path(sys.argv[1])
+out, hook = Path(sys.argv[1]), sys.argv[2]
 def late_writer():
     time.sleep(0.3)
     out.joinpath("thread").write_text("joined")
 threading.Thread(target=late_writer).start()  # non-daemon: Python's exit waits for it
-threading._register_atexit(lambda: out.joinpath("thread_hook").write_text("ran"))
-atexit.register(lambda: out.joinpath("atexit").write_text("ran"))
+def thread_hook():
+    out.joinpath("thread_hook").write_text("ran")
+    if hook == "raises":
+        raise RuntimeError("a hook failed")
+threading._register_atexit(thread_hook)
+atexit.register(lambda: out.joinpath("atexit").open("a").write("ran"))
 print("result", end="")  # no newline: still in stdout's buffer
 sys.stderr.write("progress")
-exit_without_teardown(3)
+exit_without_teardown(3 if hook != "full" else 0)
 """
+
+
+def _exit_script(tmp_path: Path, hook: str = "ok", stdout=subprocess.PIPE):
+    # Unbuffered output would hide a missing flush: the test runs with buffers, as a pipe has.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, str(tmp_path), hook],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        cwd=_REPO,
+        env=env,
+    )
 
 
 def test_exit_without_teardown_finishes_threads_handlers_and_output(tmp_path: Path):
     """The fast exit still does what Python's exit does before freeing objects: joins
     threads, runs threading's hooks (Prefect's log queues) and atexit handlers, flushes."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _EXIT_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=_REPO,
-    )
+    proc = _exit_script(tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert (proc.stdout, proc.stderr) == ("result", "progress")
     assert (tmp_path / "thread").read_text() == "joined"
     assert (tmp_path / "thread_hook").read_text() == "ran"
     assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_exit_without_teardown_reports_a_failing_hook_and_keeps_the_code(tmp_path: Path):
+    proc = _exit_script(tmp_path, hook="raises")
+    assert proc.returncode == 3
+    assert "RuntimeError: a hook failed" in proc.stderr
+    assert proc.stdout == "result"
+    assert (tmp_path / "atexit").read_text() == "ran"  # once: the hooks do not run twice
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_exit_without_teardown_fails_when_its_output_cannot_be_written(tmp_path: Path):
+    """stdout on a full disk: the result never arrived, so the exit is not 0 (Python's 120)."""
+    with open("/dev/full", "w") as full:
+        proc = _exit_script(tmp_path, hook="full", stdout=full)
+    assert proc.returncode == 120
+    assert "lamflow: error: could not write stdout" in proc.stderr
 
 
 @pytest.mark.slow
