@@ -94,12 +94,12 @@ def open_workspace(workspace: Path, remote: str) -> Any:
     if not (workspace / ".dvc").exists():
         with contextlib.redirect_stdout(io.StringIO()):  # DVC's "you can now commit" hint
             Repo.init(str(workspace))
-    repo = Repo(str(workspace))
-    with repo.config.edit() as conf:
-        conf["remote"][REMOTE_NAME] = {"url": _dvc_url(remote)}
-        conf["core"]["remote"] = REMOTE_NAME
-        conf["core"]["autostage"] = True
-    return Repo(str(workspace))
+    with Repo(str(workspace)) as repo:  # closed: its state database is checkpointed
+        with repo.config.edit() as conf:
+            conf["remote"][REMOTE_NAME] = {"url": _dvc_url(remote)}
+            conf["core"]["remote"] = REMOTE_NAME
+            conf["core"]["autostage"] = True
+    return Repo(str(workspace))  # reopened, so it reads the config just written
 
 
 def _dvc_url(url: str) -> str:
@@ -155,49 +155,53 @@ def version(
     if params.git_remote:
         _catch_up(workspace, params.git_remote)
     repo = open_workspace(workspace, remote)
-    seeds_md5 = _add(repo, workspace, seeds, "seeds")
-    model_target = f"models/{safe_name(model_version, 'model version')}"
-    # a model version names its bytes (config + weights): versioned once, not streamed again
-    known = workspace / f"{model_target}.dvc"
-    if known.exists():
-        model_md5 = _recorded_md5(known)
-    else:
-        model_md5 = _add(repo, workspace, model, model_target)
-    lineage: dict[str, Any] = {}
-    for drive, urls in sorted(drops.items()):
-        name = safe_name(drive, "drive id")
-        entry: dict[str, Any] = {
-            "drive": drive,
-            "run": run,
-            "labels": f"labels/{name}",
-            "labels_md5": _add(repo, workspace, urls["labels"], f"labels/{name}"),
-            "model_version": model_version,
-            "model": model_target,
-            "model_md5": model_md5,
-            "seeds": "seeds",
-            "seeds_md5": seeds_md5,
-            "vocabulary": None,
-            "vocabulary_md5": None,
-        }
-        vocabulary = urls.get("vocabulary") or ""
-        if vocabulary:
-            fs, path = get_fs(vocabulary)
-            if fs.exists(path):
-                entry["vocabulary"] = f"vocabulary/{name}.yaml"
-                entry["vocabulary_md5"] = _add(repo, workspace, vocabulary, entry["vocabulary"])
-        (workspace / LINEAGE).mkdir(exist_ok=True)
-        (workspace / LINEAGE / f"{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
-        lineage[drive] = entry
-    _git(workspace, "add", "-A")
-    message = f"nightly run {run}: model {model_version}, drops {', '.join(sorted(drops)) or '-'}"
-    if _git(workspace, "status", "--porcelain").strip():
-        _git(workspace, "commit", "-q", "-m", message)
-    commit = _git(workspace, "rev-parse", "HEAD").strip()
-    tag = _free_tag(workspace, tag, commit)
-    _git(workspace, "tag", tag, commit)
-    if params.git_remote:
-        _git(workspace, "push", "-q", params.git_remote, "HEAD", f"refs/tags/{tag}")
-    repo.close()
+    try:
+        seeds_md5 = _add(repo, workspace, seeds, "seeds")
+        model_target = f"models/{safe_name(model_version, 'model version')}"
+        # a model version names its bytes (config + weights): versioned once, not streamed again
+        known = workspace / f"{model_target}.dvc"
+        if known.exists():
+            model_md5 = _recorded_md5(known)
+        else:
+            model_md5 = _add(repo, workspace, model, model_target)
+        lineage: dict[str, Any] = {}
+        for drive, urls in sorted(drops.items()):
+            name = safe_name(drive, "drive id")
+            entry: dict[str, Any] = {
+                "drive": drive,
+                "run": run,
+                "labels": f"labels/{name}",
+                "labels_md5": _add(repo, workspace, urls["labels"], f"labels/{name}"),
+                "model_version": model_version,
+                "model": model_target,
+                "model_md5": model_md5,
+                "seeds": "seeds",
+                "seeds_md5": seeds_md5,
+                "vocabulary": None,
+                "vocabulary_md5": None,
+            }
+            vocabulary = urls.get("vocabulary") or ""
+            if vocabulary:
+                fs, path = get_fs(vocabulary)
+                if fs.exists(path):
+                    entry["vocabulary"] = f"vocabulary/{name}.yaml"
+                    entry["vocabulary_md5"] = _add(repo, workspace, vocabulary, entry["vocabulary"])
+            (workspace / LINEAGE).mkdir(exist_ok=True)
+            (workspace / LINEAGE / f"{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
+            lineage[drive] = entry
+        _git(workspace, "add", "-A")
+        message = (
+            f"nightly run {run}: model {model_version}, drops {', '.join(sorted(drops)) or '-'}"
+        )
+        if _git(workspace, "status", "--porcelain").strip():
+            _git(workspace, "commit", "-q", "-m", message)
+        commit = _git(workspace, "rev-parse", "HEAD").strip()
+        tag = _free_tag(workspace, tag, commit)
+        _git(workspace, "tag", tag, commit)
+        if params.git_remote:
+            _git(workspace, "push", "-q", params.git_remote, "HEAD", f"refs/tags/{tag}")
+    finally:
+        repo.close()
     log.info("versioned run %s as %s (%s) in %s", run, tag, commit[:8], workspace)
     return {
         "workspace": str(workspace),
