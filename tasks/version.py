@@ -154,8 +154,7 @@ def version(
     tag = f"run-{safe_name(run, 'run id')}"
     if params.git_remote:
         _catch_up(workspace, params.git_remote)
-    repo = open_workspace(workspace, remote)
-    try:
+    with open_workspace(workspace, remote) as repo:  # closed even when an add fails
         seeds_md5 = _add(repo, workspace, seeds, "seeds")
         model_target = f"models/{safe_name(model_version, 'model version')}"
         # a model version names its bytes (config + weights): versioned once, not streamed again
@@ -189,19 +188,15 @@ def version(
             (workspace / LINEAGE).mkdir(exist_ok=True)
             (workspace / LINEAGE / f"{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
             lineage[drive] = entry
-        _git(workspace, "add", "-A")
-        message = (
-            f"nightly run {run}: model {model_version}, drops {', '.join(sorted(drops)) or '-'}"
-        )
-        if _git(workspace, "status", "--porcelain").strip():
-            _git(workspace, "commit", "-q", "-m", message)
-        commit = _git(workspace, "rev-parse", "HEAD").strip()
-        tag = _free_tag(workspace, tag, commit)
-        _git(workspace, "tag", tag, commit)
-        if params.git_remote:
-            _git(workspace, "push", "-q", params.git_remote, "HEAD", f"refs/tags/{tag}")
-    finally:
-        repo.close()
+    _git(workspace, "add", "-A")
+    message = f"nightly run {run}: model {model_version}, drops {', '.join(sorted(drops)) or '-'}"
+    if _git(workspace, "status", "--porcelain").strip():
+        _git(workspace, "commit", "-q", "-m", message)
+    commit = _git(workspace, "rev-parse", "HEAD").strip()
+    tag = _free_tag(workspace, tag, commit)
+    _git(workspace, "tag", tag, commit)
+    if params.git_remote:
+        _git(workspace, "push", "-q", params.git_remote, "HEAD", f"refs/tags/{tag}")
     log.info("versioned run %s as %s (%s) in %s", run, tag, commit[:8], workspace)
     return {
         "workspace": str(workspace),
