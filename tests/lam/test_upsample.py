@@ -105,3 +105,22 @@ def test_cell_and_pixel_paths_resolve_the_same_pixels_alike():
     for i, lb, p in shared:
         assert by_cell[i][0] == lb and abs(by_cell[i][1] - p) < 1e-5
     assert _resolve_cells(logits, agree, (41, 36)) is None
+
+
+def test_cell_path_sends_only_out_of_frame_pixels_to_the_spare_index():
+    # Border cells reach half a cell past the frame. Their outside pixels all get B*H*W (the
+    # caller's spare element), counted here cell by cell; every in-frame pixel appears once.
+    logits = _smooth_logits(2, 5, 10, 12, seed=11)
+    agree = _corner_agreement(torch.softmax(logits, 1).argmax(1))
+    out_index, label, prob = _resolve_cells(logits, agree, (40, 36))  # 4 x 3 pixels a cell
+    total = 2 * 40 * 36
+    outside = 0
+    for _, ci, cj in agree.logical_not().nonzero().tolist():
+        rows = [(ci - 1) * 4 + 2 + k for k in range(4)]
+        cols = [(cj - 1) * 3 + 1 + k for k in range(3)]
+        outside += sum(not (0 <= r < 40 and 0 <= c < 36) for r in rows for c in cols)
+    assert outside > 0  # the case is exercised
+    assert out_index.numel() == label.numel() == prob.numel()
+    assert int((out_index == total).sum()) == outside and int(out_index.max()) == total
+    inside = out_index[out_index < total]
+    assert inside.unique().numel() == inside.numel() == out_index.numel() - outside
