@@ -37,9 +37,9 @@ def decode_image(data: bytes, name: str = "frame") -> np.ndarray:
     if not data:
         raise LamflowError(f"{name}: file is empty")
     if data.startswith(_JPEG_MAGIC):
-        rgb = _decode_colour_jpeg(data)
-        if rgb is not None:
-            return rgb
+        decoded = _decode_colour_jpeg(data)
+        if decoded is not None:
+            return decoded
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()

@@ -58,6 +58,37 @@ def test_truncated_and_empty_images_fail_with_name():
         decode_image(b"", "f2")
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0 chroma
+def test_jpeg_decodes_to_pils_pixels(mode, subsampling):
+    """Colour JPEGs take the faster decoder, greyscale and CMYK ones PIL's conversion: every
+    one comes out (H, W, 3) uint8 with exactly PIL's pixels (same IDCT, same chroma
+    upsampling), on a noisy odd-sized frame where any difference would show."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=85, subsampling=subsampling)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(img.convert("RGB"))
+    got = decode_image(data)
+    assert got.dtype == np.uint8 and got.shape == (37, 53, 3) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_damaged_jpeg_falls_back_to_pil_which_names_the_frame():
+    """Bytes the fast decoder refuses go to PIL: a JPEG with its header intact but its data
+    cut is still undecodable (not a half-grey frame), and the error names the frame."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    with pytest.raises(LamflowError, match="f9: cannot decode"):
+        decode_image(data[: len(data) - 200], "f9")
+    with pytest.raises(LamflowError, match="f8: cannot decode"):
+        decode_image(data[:3] + b"\x00" * 40, "f8")
+
+
 def test_rgb_label_is_refused():
     with pytest.raises(LamflowError, match="single-channel"):
         decode_label(encode_png(np.zeros((4, 4, 3), np.uint8)), "lab.png")
