@@ -130,11 +130,11 @@ def _prefetch(
 
 
 def _stats(pred: Prediction, names: list[str]) -> dict[str, Any]:
-    counts = np.bincount(pred.label.reshape(-1), minlength=len(names))[: len(names)]
+    counts = pred.class_counts(len(names))
     total = max(1, int(counts.sum()))
     return {
         "mean_confidence": round(pred.mean_confidence, 4),
-        "low_confidence_fraction": round(float((pred.confidence < 128).mean()), 4),
+        "low_confidence_fraction": round(pred.low_confidence_fraction(), 4),
         "class_fractions": {n: round(int(c) / total, 5) for n, c in zip(names, counts)},
     }
 

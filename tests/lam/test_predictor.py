@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from lam.build import LamConfig, build_lam
-from lam.predictor import Annotator
+from lam.predictor import Annotator, Prediction
 from lam.upsample import label_and_confidence
 
 
@@ -74,3 +74,24 @@ def test_adapter_fast_path_equals_resize_then_sum_of_every_tap():
         want = adapter.hidden(F.relu(total + adapter.bias.view(1, -1, 1, 1)))
     assert got.is_contiguous()
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_prediction_statistics_match_numpys_definitions():
+    rng = np.random.default_rng(5)
+    label = rng.integers(0, 6, size=(37, 53), dtype=np.uint8)
+    label[0, :3] = 9  # an id past the classes counted is left out
+    conf = rng.integers(0, 256, size=(37, 53), dtype=np.uint8)
+    pred = Prediction(label=label, confidence=conf)
+    want = np.bincount(label.ravel(), minlength=10)[:6]
+    np.testing.assert_array_equal(pred.class_counts(6), want)
+    assert pred.class_counts(6).dtype == np.int64
+    assert pred.mean_confidence == float(conf.mean()) / 255.0
+    assert pred.low_confidence_fraction() == float((conf < 128).mean())
+    assert pred.low_confidence_fraction(200) == float((conf < 200).mean())
+
+
+def test_a_cpu_annotator_keeps_freed_memory(monkeypatch):
+    calls = []
+    monkeypatch.setattr("lam.predictor.keep_freed_memory", lambda: calls.append(1) or True)
+    Annotator(build_lam(LamConfig(classes=[{"name": n} for n in "ab"])), device="cpu")
+    assert calls == [1]
