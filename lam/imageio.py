@@ -23,7 +23,8 @@ except ImportError:  # pragma: no cover - isal is pinned; plain zlib still write
 
 from lam.errors import LamflowError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Re-exported: callers that also decode import it from here.
+from lam.image_files import IMAGE_SUFFIXES as IMAGE_SUFFIXES
 
 
 def decode_image(data: bytes, name: str = "frame") -> np.ndarray:

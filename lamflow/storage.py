@@ -21,7 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from lam.errors import LamflowError
-from lam.imageio import IMAGE_SUFFIXES
+from lam.image_files import IMAGE_SUFFIXES
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
