@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from lam.cpu_memory import keep_freed_memory
 from lam.errors import LamflowError
 
 _COMMAND_MODULES = ("cli.stages", "cli.runs", "cli.tools", "cli.demo")
@@ -141,7 +142,10 @@ def entry() -> NoReturn:
 
     An exception `main` does not turn into an exit code (a traceback under --verbose, argparse's
     SystemExit for --help or a usage error) leaves through Python's normal exit instead.
+    Before anything else, malloc is set to keep freed memory (`lam.cpu_memory`): its arena
+    setting only reaches threads that have not allocated yet, e.g. a Dask worker's.
     """
+    keep_freed_memory()
     exit_without_teardown(main())
 
 

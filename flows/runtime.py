@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner
 
+from lam.cpu_memory import malloc_environment
 from lam.predictor import usable_cores
 
 
@@ -52,12 +53,16 @@ def worker_environment(threads: int) -> dict[str, str | None]:
 
     Dask's default sets MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's dynamic mmap
     threshold: every tensor above 128 KiB is then a fresh mmap, zero-filled page by page, and
-    torch inference ran 25-40% slower in such a process (measured here). `None` unsets it.
+    torch inference ran 25-40% slower in such a process (measured here). Instead the worker
+    gets `lam.cpu_memory`'s settings (freed memory kept for reuse; with
+    LAMFLOW_KEEP_FREED_MEMORY=0, `None` unsets Dask's and malloc keeps its defaults).
     The thread variables give each worker its share of the cores instead of dask's 1.
     """
     share = str(max(1, threads))
+    malloc: dict[str, str | None] = {"MALLOC_TRIM_THRESHOLD_": None}
+    malloc.update(malloc_environment())
     return {
-        "MALLOC_TRIM_THRESHOLD_": None,
+        **malloc,
         "OMP_NUM_THREADS": share,
         "MKL_NUM_THREADS": share,
         "OPENBLAS_NUM_THREADS": share,

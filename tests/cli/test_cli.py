@@ -322,6 +322,19 @@ def test_exit_without_teardown_fails_when_its_output_cannot_be_written(tmp_path:
     assert "lamflow: error: could not write stdout" in proc.stderr
 
 
+def test_the_console_script_sets_malloc_up_before_the_command(monkeypatch):
+    # lam.cpu_memory's arena setting only reaches threads that have not allocated yet, so the
+    # entry applies it before main() starts any (a Dask worker's, Prefect's).
+    import cli.main as cli_main
+
+    calls: list[str] = []
+    monkeypatch.setattr(cli_main, "keep_freed_memory", lambda: calls.append("malloc") or True)
+    monkeypatch.setattr(cli_main, "main", lambda: calls.append("main") or 3)
+    monkeypatch.setattr(cli_main, "exit_without_teardown", lambda c: calls.append(f"exit {c}"))
+    cli_main.entry()
+    assert calls == ["malloc", "main", "exit 3"]
+
+
 @pytest.mark.slow
 def test_end_to_end_on_camvid(camvid: Path, tmp_path: Path, capsys):
     """One seed from drive 0006R0 labels frames of drive 0016E5 far better than chance."""

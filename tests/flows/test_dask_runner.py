@@ -18,11 +18,18 @@ def test_auto_workers_is_one_per_four_cores_and_at_least_one() -> None:
     assert [auto_workers(c) for c in (1, 2, 4, 7, 16)] == [1, 1, 1, 1, 4]
 
 
-def test_worker_environment_unsets_dask_malloc_trim_and_shares_threads() -> None:
+def test_worker_environment_keeps_freed_memory_and_shares_threads(monkeypatch) -> None:
+    monkeypatch.delenv("LAMFLOW_KEEP_FREED_MEMORY", raising=False)
     env = worker_environment(3)
-    assert env["MALLOC_TRIM_THRESHOLD_"] is None  # None = dask unsets it
+    # lam.cpu_memory's settings replace dask's MALLOC_TRIM_THRESHOLD_=65536 (on glibc).
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "2147483647" and env["MALLOC_ARENA_MAX"] == "1"
+    assert env["MALLOC_MMAP_MAX_"] == "0"
     assert env["OMP_NUM_THREADS"] == env["LAMFLOW_TORCH_THREADS"] == "3"
     assert worker_environment(0)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("LAMFLOW_KEEP_FREED_MEMORY", "0")
+    env = worker_environment(3)
+    assert env["MALLOC_TRIM_THRESHOLD_"] is None  # None = dask unsets its own
+    assert "MALLOC_ARENA_MAX" not in env and "MALLOC_MMAP_MAX_" not in env
 
 
 def test_one_worker_runs_in_process_several_in_processes() -> None:
@@ -31,7 +38,7 @@ def test_one_worker_runs_in_process_several_in_processes() -> None:
     several = dask_runner("", workers=2)
     assert several.cluster_kwargs["processes"] is True
     spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
-    assert spawn_env["MALLOC_TRIM_THRESHOLD_"] is None
+    assert spawn_env["OMP_NUM_THREADS"] == spawn_env["LAMFLOW_TORCH_THREADS"]
     assert dask.config.get("distributed.worker.profile.enabled") is False
     forced = dask_runner("", workers=1, processes=True)
     assert forced.cluster_kwargs["processes"] is True
