@@ -79,3 +79,24 @@ def test_a_module_imported_in_the_background_is_the_one_a_step_imports(
         gate.go.set()
         for name in ("lamflow_slow_mod", "lamflow_broken_mod"):
             sys.modules.pop(name, None)
+
+
+def test_kubernetes_workers_get_the_same_malloc_settings(monkeypatch) -> None:
+    # The manifest sets them as plain variables: the nanny passes a variable of its own
+    # environment on in place of its default, and lower-cases a DASK_..._PRE_SPAWN_ENVIRON__X.
+    import yaml
+    from distributed.nanny import _get_env_variables
+
+    from lam.cpu_memory import malloc_environment
+
+    monkeypatch.delenv("LAMFLOW_KEEP_FREED_MEMORY", raising=False)
+    manifest = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "dask-cluster.yaml"
+    (cluster,) = [d for d in yaml.safe_load_all(manifest.read_text()) if d["kind"] == "DaskCluster"]
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in worker["env"]}
+    wanted = malloc_environment()
+    assert wanted and {k: env.get(k) for k in wanted} == wanted
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spawned = _get_env_variables("distributed.nanny.pre-spawn-environ")
+    assert spawned["MALLOC_TRIM_THRESHOLD_"] == wanted["MALLOC_TRIM_THRESHOLD_"]
