@@ -6,9 +6,13 @@ while `lam/` stays free of storage code.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
+import warnings
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,27 +35,50 @@ def decode_image(data: bytes, name: str = "frame") -> np.ndarray:
     """Bytes of a JPEG/PNG/... -> (H, W, 3) uint8 RGB in [0, 255].
 
     Decodes fully (not lazily) so truncated files fail here, with the frame's name, rather
-    than later inside the model. A colour JPEG goes through `_decode_colour_jpeg`; anything
-    it declines (other formats, greyscale or CMYK JPEGs, damaged bytes) through PIL, which
+    than later inside the model. PIL reads the header first (size, mode, and its check
+    against decompression bombs); a colour JPEG of a sane size is then decoded by
+    `_decode_colour_jpeg`, anything else, or anything that decoder fails on, by PIL, which
     also decides what cannot be decoded.
     """
     if not data:
         raise LamflowError(f"{name}: file is empty")
-    if data.startswith(_JPEG_MAGIC):
-        decoded = _decode_colour_jpeg(data)
-        if decoded is not None:
-            return decoded
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if _fast_jpeg_applies(img):
+                decoded = _decode_colour_jpeg(data)
+                if decoded is not None and decoded.shape[:2] == (img.height, img.width):
+                    return decoded
             img.load()
             # convert() copies even an RGB image; skipping it saves ~8% of a JPEG's decode.
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise LamflowError(f"{name}: cannot decode image ({exc})") from exc
 
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
+def _fast_jpeg_applies(img: Image.Image) -> bool:
+    """A 3-channel JPEG (PIL's mode "RGB") within PIL's pixel limit: the frames annotate reads.
+
+    Greyscale and CMYK JPEGs keep PIL's conversion to RGB; a frame over the limit goes to PIL,
+    which warns or refuses as it always did, instead of a multi-GB allocation.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    return (
+        img.format == "JPEG"
+        and img.mode == "RGB"
+        and (limit is None or img.width * img.height <= limit)
+    )
+
+
+# torchvision 0.29 marks its image decoders deprecated (a DeprecationWarning per call); they
+# are its only JPEG decoder, and a fallback covers their removal.
+_TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
 
 
 def _decode_colour_jpeg(data: bytes) -> np.ndarray | None:
@@ -60,25 +87,43 @@ def _decode_colour_jpeg(data: bytes) -> np.ndarray | None:
     Why: it is the same libjpeg-turbo decode as PIL's (same IDCT and chroma upsampling: the
     pixels of all 468 CamVid frames are identical) at ~0.74 ms a 360x480 frame against
     ~1.0 ms, a quarter of the decode that annotate runs beside the model on the same cores.
-    Like PIL's it releases the GIL. It refuses truncated data (RuntimeError); that and any
-    JPEG that is not 3-channel (greyscale, CMYK: their conversions to RGB are PIL's to
-    make) return None. torch is imported here, not at module import: parsing params and
-    `lamflow --help` must not load it.
+    Like PIL's it releases the GIL. Any failure returns None and PIL decodes the bytes: a JPEG
+    cut before its end marker (torchvision raises), torchvision gone or changed (an import
+    error, its deprecation warning turned into an error). Like PIL, it fills a JPEG whose data
+    is cut short but whose end marker survives with grey. torch is imported here, not at
+    module import: parsing params and `lamflow --help` must not load it.
+    """
+    decoder = _torchvision_jpeg_decoder()
+    if decoder is None:
+        return None
+    try:
+        chw = decoder(data)
+    except Exception:  # noqa: BLE001 - whatever it is, PIL decodes these bytes or says why not
+        return None
+    if chw.ndim != 3 or chw.shape[0] != 3 or str(chw.dtype) != "torch.uint8":
+        return None
+    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+
+
+@functools.cache
+def _torchvision_jpeg_decoder() -> Callable[[bytes], Any] | None:
+    """bytes -> (C, H, W) uint8 tensor, torchvision's decoder; None without torchvision.
+
+    Imported once, with its deprecation warning silenced once (a filter added per call would
+    reset every warning registry of the process each time).
     """
     try:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:  # pragma: no cover - torchvision is pinned; PIL decodes the same
         return None
-    try:
-        chw = decode_jpeg(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED
-        )
-    except RuntimeError:
-        return None
-    if chw.ndim != 3 or chw.shape[0] != 3 or chw.dtype != torch.uint8:
-        return None
-    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+    warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
+
+    def decode(data: bytes) -> Any:
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_jpeg(raw, mode=ImageReadMode.UNCHANGED)
+
+    return decode
 
 
 def decode_label(data: bytes, name: str = "label") -> np.ndarray:

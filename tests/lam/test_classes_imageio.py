@@ -1,12 +1,14 @@
 """Class lists and byte-level image decoding."""
 
 import io
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from lam import imageio
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import (
@@ -58,22 +60,58 @@ def test_truncated_and_empty_images_fail_with_name():
         decode_image(b"", "f2")
 
 
+def _jpeg(mode: str = "RGB", subsampling: int = 2, size: tuple[int, int] = (37, 53)) -> bytes:
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=85, subsampling=subsampling)
+    return buf.getvalue()
+
+
+def _pil_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
 @pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0 chroma
-def test_jpeg_decodes_to_pils_pixels(mode, subsampling):
+def test_jpeg_decodes_to_pils_pixels(mode, subsampling, monkeypatch):
     """Colour JPEGs take the faster decoder, greyscale and CMYK ones PIL's conversion: every
     one comes out (H, W, 3) uint8 with exactly PIL's pixels (same IDCT, same chroma
     upsampling), on a noisy odd-sized frame where any difference would show."""
-    rng = np.random.default_rng(7)
-    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=85, subsampling=subsampling)
-    data = buf.getvalue()
-    with Image.open(io.BytesIO(data)) as img:
-        expected = np.asarray(img.convert("RGB"))
+    data = _jpeg(mode, subsampling)
+    fast = []
+    real = imageio._decode_colour_jpeg
+    monkeypatch.setattr(imageio, "_decode_colour_jpeg", lambda d: fast.append(real(d)) or fast[-1])
     got = decode_image(data)
     assert got.dtype == np.uint8 and got.shape == (37, 53, 3) and got.flags.c_contiguous
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, _pil_rgb(data))
+    if mode == "RGB":
+        assert len(fast) == 1 and fast[0] is not None  # the fast decoder ran and was used
+    else:
+        assert fast == []
+
+
+def test_jpeg_decodes_even_when_warnings_are_errors():
+    """torchvision's decoder warns that it is deprecated; under -W error that warning raises
+    inside it, and PIL decodes the frame instead."""
+    data = _jpeg()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(decode_image(data), _pil_rgb(data))
+
+
+def test_oversized_jpegs_keep_pils_pixel_limit(monkeypatch):
+    """A frame over PIL's pixel limit never reaches the fast decoder: over twice the limit it
+    is refused with the frame's name (a decompression bomb is quarantined, not decoded)."""
+    data = _jpeg()  # 37 x 53 = 1,961 pixels
+    monkeypatch.setattr(imageio, "_decode_colour_jpeg", lambda d: pytest.fail("fast path ran"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(LamflowError, match="bomb: cannot decode"):
+        decode_image(data, "bomb")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # over the limit, under twice it
+    with pytest.warns(Image.DecompressionBombWarning):
+        np.testing.assert_array_equal(decode_image(data), _pil_rgb(data))
 
 
 def test_damaged_jpeg_falls_back_to_pil_which_names_the_frame():
