@@ -13,9 +13,15 @@ from that heap instead of their own mappings, and a heap that is never trimmed. 
 2 cores, 360x480: the bare backbone ~34 -> ~23 ms a frame and `annotate` ~45 -> ~30 ms, no
 page faults left, on the main thread and on a worker thread alike.
 
-The cost: a process keeps its peak heap (a few hundred MB for annotate at batch 4) instead
-of returning it between batches. `LAMFLOW_KEEP_FREED_MEMORY=0` leaves malloc as it is.
-Nothing happens off glibc (musl, macOS, Windows).
+The cost: a process keeps its peak heap (1.08 GB for `lamflow annotate` at batch 4, the same
+peak as without the settings) instead of returning it between batches, up to 2 GiB of free
+memory at the heap's top, which is trimmed beyond that. A long-lived process (a Dask worker,
+`lamflow serve`) keeps the peak of its largest job, which Dask counts as unmanaged memory
+against a worker's memory limit; frames of changing sizes can fragment the heap beyond one
+peak. `LAMFLOW_KEEP_FREED_MEMORY=0` leaves malloc as it is in processes lamflow starts (the
+Kubernetes manifest sets the variables itself: remove them there). Nothing happens off glibc
+(musl, macOS, Windows); under a preloaded allocator (jemalloc, tcmalloc) the settings reach
+glibc's unused malloc and change nothing, though `keep_freed_memory` still reports True.
 
 The arena setting only reaches threads that have not allocated yet, so the `lamflow` command
 applies all of this first thing (`cli.main.entry`), Dask worker processes get the same
@@ -34,7 +40,7 @@ import threading
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-# The largest value mallopt's int takes: the heap is never trimmed.
+# The largest value mallopt's int takes: the heap is trimmed only beyond 2 GiB free at its top.
 NEVER_TRIM = 2**31 - 1
 ENV_SWITCH = "LAMFLOW_KEEP_FREED_MEMORY"
 
@@ -43,7 +49,7 @@ _state: dict[str, bool] = {}
 
 
 def wanted() -> bool:
-    """False when LAMFLOW_KEEP_FREED_MEMORY is 0/false/no/off, or off glibc on Linux."""
+    """False when LAMFLOW_KEEP_FREED_MEMORY is 0/false/no/off, or when not Linux with glibc."""
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"

@@ -30,11 +30,11 @@ class Prediction:
     @property
     def mean_confidence(self) -> float:
         # An integer sum: numpy's mean of uint8 converts every pixel to float64 first.
-        return int(self.confidence.sum(dtype=np.uint64)) / self.confidence.size / 255.0
+        return int(self.confidence.sum(dtype=np.uint64)) / max(1, self.confidence.size) / 255.0
 
     def low_confidence_fraction(self, below: int = 128) -> float:
         """Share of pixels whose confidence is under `below` (of 255)."""
-        return int(np.count_nonzero(self.confidence < below)) / self.confidence.size
+        return int(np.count_nonzero(self.confidence < below)) / max(1, self.confidence.size)
 
     def class_counts(self, num_classes: int) -> np.ndarray:
         """(num_classes,) int64 pixels of each class id (ids from num_classes on not counted).

@@ -196,6 +196,8 @@ def upsampled_label_and_confidence(
         edges = _resolve_pixels(logits, agree_low, (i0, i1, fy), (j0, j1, fx))
     out_index, edge_label, edge_prob = edges
     if out_index.numel():
+        # Out-of-frame pixels all write the spare element (duplicate indices): its value is
+        # never read, so which write lands there does not matter.
         label_flat.index_copy_(0, out_index, edge_label)
         conf_flat.index_copy_(0, out_index, edge_prob.mul_(255.0).round_().to(torch.uint8))
     return label, conf

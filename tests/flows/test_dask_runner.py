@@ -12,12 +12,18 @@ import pytest
 
 from flows.nightly import auto_workers, dask_runner, worker_environment
 from flows.runtime import import_in_background
+from lam.cpu_memory import malloc_environment, wanted
 
 
 def test_auto_workers_is_one_per_four_cores_and_at_least_one() -> None:
     assert [auto_workers(c) for c in (1, 2, 4, 7, 16)] == [1, 1, 1, 1, 4]
 
 
+# wanted() also reads LAMFLOW_KEEP_FREED_MEMORY: a run with it off skips these too.
+glibc_only = pytest.mark.skipif(not wanted(), reason="lam.cpu_memory applies on glibc only")
+
+
+@glibc_only
 def test_worker_environment_keeps_freed_memory_and_shares_threads(monkeypatch) -> None:
     monkeypatch.delenv("LAMFLOW_KEEP_FREED_MEMORY", raising=False)
     env = worker_environment(3)
@@ -39,6 +45,8 @@ def test_one_worker_runs_in_process_several_in_processes() -> None:
     assert several.cluster_kwargs["processes"] is True
     spawn_env = dask.config.get("distributed.nanny.pre-spawn-environ")
     assert spawn_env["OMP_NUM_THREADS"] == spawn_env["LAMFLOW_TORCH_THREADS"]
+    for name, value in malloc_environment().items():  # {} off glibc
+        assert spawn_env[name] == value
     assert dask.config.get("distributed.worker.profile.enabled") is False
     forced = dask_runner("", workers=1, processes=True)
     assert forced.cluster_kwargs["processes"] is True
@@ -81,13 +89,12 @@ def test_a_module_imported_in_the_background_is_the_one_a_step_imports(
             sys.modules.pop(name, None)
 
 
+@glibc_only
 def test_kubernetes_workers_get_the_same_malloc_settings(monkeypatch) -> None:
     # The manifest sets them as plain variables: the nanny passes a variable of its own
     # environment on in place of its default, and lower-cases a DASK_..._PRE_SPAWN_ENVIRON__X.
     import yaml
     from distributed.nanny import _get_env_variables
-
-    from lam.cpu_memory import malloc_environment
 
     monkeypatch.delenv("LAMFLOW_KEEP_FREED_MEMORY", raising=False)
     manifest = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "dask-cluster.yaml"

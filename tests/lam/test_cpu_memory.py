@@ -46,9 +46,9 @@ glibc_only = pytest.mark.skipif(
     reason="the settings are glibc malloc's",
 )
 ROOT = Path(__file__).resolve().parents[2]
-# malloc's default maps the large blocks afresh: ~1,200-5,800 faults here (some of the memory
-# in transparent huge pages; 4 KiB pages alone would fault ~200,000 times).
-FAULTS_WITHOUT = 1_000
+# malloc's default maps the large blocks afresh: 1,219-5,818 faults here (some of the memory in
+# transparent huge pages; 4 KiB pages alone would fault ~200,000 times); kept, 0.
+FAULTS_WITHOUT = 500
 FAULTS_WITH = 100
 
 
@@ -72,7 +72,7 @@ def test_large_blocks_are_reused_without_page_faults(where):
     kept = _run("keep", where)
     assert default["applied"] is None and default["faults"] > FAULTS_WITHOUT
     assert kept["applied"] is True and kept["again"] is True
-    assert kept["faults"] < FAULTS_WITH
+    assert kept["faults"] < FAULTS_WITH and kept["faults"] * 10 < default["faults"]
 
 
 @glibc_only
