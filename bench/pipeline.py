@@ -2,14 +2,19 @@
 
 A drop of `--frames` frames (CamVid val frames repeated under new names) is labeled by
 `lamflow annotate` (the baseline) and by `lamflow nightly` (ingest, sharded annotate on a Dask
-LocalCluster, QC, export), `--repeats` times each, back to back in alternating order. Both are
-fresh subprocesses of the same command-line entry: each imports torch, loads the model and
-reads, hashes and writes every frame itself; no model cache is shared between repeats or sides.
+LocalCluster, QC, export), `--repeats` times each, back to back in rotating order. A second
+baseline, `stages`, does the flow's work without the flow: `lamflow stage ingest`, `annotate`,
+`qc` and `export`, one process after the other, as a user (or `dvc repro`) runs them by hand;
+`stages_ratio` = its seconds / the flow's (the cost of Prefect and Dask over the same work).
+All are fresh subprocesses of the same command-line entry: each imports torch, loads the model
+and reads, hashes and writes every frame itself; no model cache is shared between repeats or
+sides.
 The Prefect API the flow reports to is started once beforehand (a deployment's server is
 always up) and is not timed. The flow's per-drop vocabulary and DVC versioning are switched
 off: the baseline does neither, and bench/vocabulary.py times the vocabulary on its own.
 Reported (medians over the repeats, and each run): seconds and frames/s of both (whole
-processes), throughput ratio = CLI seconds / flow seconds (target >= 0.85); the flow run's own
+processes), throughput ratio = CLI seconds / flow seconds (target >= 0.85), the same for the
+stages baseline (`stages_ratio`, with each stage's seconds); the flow run's own
 duration as Prefect records it (what the UI shows), and the process's time outside it
 (`outside_run_seconds`: interpreter start-up and imports before the run, log drain and exit
 after it); orchestration overhead = 1 - (annotate compute time / flow run duration) (target <=
@@ -138,6 +143,30 @@ def main() -> int:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t0
 
+    def run_stages() -> tuple[float, dict[str, float]]:
+        """The flow's four steps by hand: one `lamflow stage NAME` process after the other,
+        each writing under out/stages (its own ingest manifest, labels, QC history, export)."""
+        work = out / "stages"
+        shutil.rmtree(work, ignore_errors=True)
+        labels, manifest = str(work / "labels"), str(work / "ingest.json")
+        common = ["--params", str(params_file), *set_args]
+        steps = {
+            "ingest": ["ingest", "--drive", DRIVE, "--out", manifest, "--no-progress"],
+            "annotate": ["annotate", "--model", model["model"], "--images", images]
+            + ["--out", labels],
+            "qc": ["qc", "--labels", labels, "--ingest", manifest, "--model", model["model"]]
+            + ["--history", str(work / "qc_history.jsonl")],
+            "export": ["export", "--labels", labels, "--model", model["model"]]
+            + ["--dest", str(work / "export"), "--no-progress"],
+        }
+        seconds: dict[str, float] = {}
+        for name, stage_args in steps.items():
+            t0 = time.perf_counter()
+            cmd = [lamflow, "stage", *stage_args, *common]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            seconds[name] = round(time.perf_counter() - t0, 2)
+        return sum(seconds.values()), seconds
+
     from flows.nightly import shared_prefect_api
 
     params_file = out / "params.yaml"  # the overrides, written once for both subprocesses
@@ -158,13 +187,16 @@ def main() -> int:
     # back to back, in alternating order, `--repeats` times; each pair gives one ratio.
     runs = []
     with shared_prefect_api():
+        sides = ("cli", "flow", "stages")
         for rep in range(args.repeats):
-            order = ("cli", "flow") if rep % 2 == 0 else ("flow", "cli")
+            order = sides[rep % 3 :] + sides[: rep % 3]  # each side first in turn
             timing: dict = {}
             for which in order:
                 print(f"[{rep + 1}/{args.repeats}] {which}", file=sys.stderr)
                 if which == "cli":
                     timing["cli"] = run_cli()
+                elif which == "stages":
+                    timing["stages"], timing["stage_seconds"] = run_stages()
                 else:
                     timing["flow"], timing["drop"] = run_flow()
             drop = timing["drop"]
@@ -174,6 +206,9 @@ def main() -> int:
                     "cli_seconds": round(timing["cli"], 2),
                     "flow_seconds": round(timing["flow"], 2),
                     "throughput_ratio": round(timing["cli"] / timing["flow"], 3),
+                    "stages_seconds": round(timing["stages"], 2),
+                    "stages_ratio": round(timing["stages"] / timing["flow"], 3),
+                    "stage_seconds": timing["stage_seconds"],
                     "flow_run_seconds": round(drop["run_seconds"], 2),
                     "outside_run_seconds": round(timing["flow"] - drop["run_seconds"], 2),
                     "annotate_busy_seconds": round(busy, 2),
@@ -196,6 +231,10 @@ def main() -> int:
         "cli_frames_per_second": round(args.frames / cli_seconds, 3),
         "flow_frames_per_second": round(args.frames / flow_seconds, 3),
         "throughput_ratio": median(r["throughput_ratio"] for r in runs),
+        "stages_frames_per_second": round(
+            args.frames / median(r["stages_seconds"] for r in runs), 3
+        ),
+        "stages_ratio": median(r["stages_ratio"] for r in runs),
         "flow_run_seconds": median(r["flow_run_seconds"] for r in runs),
         "outside_run_seconds": median(r["outside_run_seconds"] for r in runs),
         "orchestration_overhead": median(r["orchestration_overhead"] for r in runs),

@@ -9,10 +9,14 @@ size) on the same frames, already decoded: the ceiling any head can reach. Both 
 process's cached model (tasks.model_io.load_annotator), built once before timing. The head is
 trained on one seed frame (`--seed`) because its output decides the work after the backbone
 (lam.upsample resolves only pixels near class changes); `--untrained` times a randomly
-initialised head instead (the dense, worst case). backbone_unoptimised = the model's own
+initialised head instead (the dense, worst case). predict = `Annotator.predict` on the same
+decoded frames: the whole model (backbone, head, OptOU, full-resolution label and confidence)
+with no reading, decoding, encoding or writing, so `ratio_predict_paired` is the ceiling of
+`ratio_paired` on this machine and the gap between the two is annotate's I/O. The output
+folder a pass wrote is deleted after its clock stops. backbone_unoptimised = the model's own
 `extract` (the plain timm forward), for reference. Passes are interleaved and each rate is the
-median over repeats; `ratio_paired` is the median of the per-repeat ratios (two back-to-back
-passes each), so a drift of the machine's speed hits both sides. Prints JSON (--out writes it).
+median over repeats; the `*_paired` ratios are medians of per-repeat ratios (back-to-back
+passes), so a drift of the machine's speed hits both sides. Prints JSON (--out writes it).
 
     .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 48] [--batch 4]
         [--seed STEM | --untrained] [--out F]
@@ -90,13 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, len(decoded), args.batch)
     ]
     runs = iter(range(1_000_000))
+    written: list[Path] = []  # output folders of finished passes, deleted outside the clock
 
     def annotate_pass() -> None:
         out = work / f"labels_{next(runs)}"  # fresh each pass: nothing is skipped
         summary = annotate(model_dir, str(images), str(out), params, stems=stems, progress=False)
         if summary.labeled != len(stems):
             raise RuntimeError(f"annotate labeled {summary.labeled} of {len(stems)} frames")
-        shutil.rmtree(out)
+        written.append(out)
+
+    def predict_pass() -> None:
+        for i in range(0, len(decoded), args.batch):
+            annotator.predict(decoded[i : i + args.batch])
 
     def backbone_pass() -> None:
         with torch.inference_mode():
@@ -111,19 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     passes = {
         "backbone": backbone_pass,
         "annotate": annotate_pass,
+        "predict": predict_pass,
         "backbone_unoptimised": unoptimised_pass,
     }
-    annotate_pass()  # warm-up (both sides then run on the same cached annotator)
-    backbone_pass()
-    unoptimised_pass()
+    for fn in passes.values():  # warm-up (all sides then run on the same cached annotator)
+        fn()
     seconds: dict[str, list[float]] = {name: [] for name in passes}
     for _ in range(max(1, args.repeats)):
         for name, fn in passes.items():
             t = time.perf_counter()
             fn()
             seconds[name].append(time.perf_counter() - t)
+            while written:
+                shutil.rmtree(written.pop())
     shutil.rmtree(work, ignore_errors=True)
     fps = {name: len(stems) / float(np.median(ts)) for name, ts in seconds.items()}
+
+    def paired(numerator: str, denominator: str) -> float:
+        ratios = np.array(seconds[numerator]) / np.array(seconds[denominator])
+        return round(float(np.median(ratios)), 3)
+
     result = {
         "frames": len(stems),
         "size": list(decoded[0].shape[:2]),
@@ -137,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         # Median over repeats of backbone time / annotate time within one repeat: the two
         # passes run back to back, so a drift of the machine's speed (up to 1.5x between
         # minutes here) hits both; the ratio of the medians above mixes different moments.
-        "ratio_paired": round(
-            float(np.median(np.array(seconds["backbone"]) / np.array(seconds["annotate"]))), 3
-        ),
+        "ratio_paired": paired("backbone", "annotate"),
+        "predict_fps": round(fps["predict"], 2),
+        # The same for the model alone: what annotate would reach if reading, decoding,
+        # encoding and writing cost nothing.
+        "ratio_predict_paired": paired("backbone", "predict"),
         "backbone_unoptimised_fps": round(fps["backbone_unoptimised"], 2),
         "backbone_speedup": round(fps["backbone"] / fps["backbone_unoptimised"], 3),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
