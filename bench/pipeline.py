@@ -2,7 +2,7 @@
 
 A drop of `--frames` frames (CamVid val frames repeated under new names) is labeled by
 `lamflow annotate` (the baseline) and by `lamflow nightly` (ingest, sharded annotate on a Dask
-LocalCluster, QC, export), `--repeats` times each, back to back in rotating order. A second
+LocalCluster, QC, export), `--repeats` times each, back to back in a changing order. A second
 baseline, `stages`, does the flow's work without the flow: `lamflow stage ingest`, `annotate`,
 `qc` and `export`, one process after the other, as a user (or `dvc repro`) runs them by hand;
 `stages_ratio` = its seconds / the flow's (the cost of Prefect and Dask over the same work).
@@ -12,7 +12,7 @@ sides.
 The Prefect API the flow reports to is started once beforehand (a deployment's server is
 always up) and is not timed. The flow's per-drop vocabulary and DVC versioning are switched
 off: the baseline does neither, and bench/vocabulary.py times the vocabulary on its own.
-Reported (medians over the repeats, and each run): seconds and frames/s of both (whole
+Reported (medians over the repeats, and each run): seconds and frames/s of each side (whole
 processes), throughput ratio = CLI seconds / flow seconds (target >= 0.85), the same for the
 stages baseline (`stages_ratio`, with each stage's seconds); the flow run's own
 duration as Prefect records it (what the UI shows), and the process's time outside it
@@ -91,7 +91,10 @@ def main() -> int:
         help="0 = params annotate.shard_size, capped so that every worker gets at least two shards",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="baseline/flow pairs; the medians are reported"
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of the three sides (CLI, flow, stages); the medians are reported",
     )
     parser.add_argument("--iterations", type=int, default=100, help="training iterations (untimed)")
     parser.add_argument("--out", default="outputs/bench/pipeline")
@@ -138,14 +141,15 @@ def main() -> int:
         cli_out = out / "cli"
         shutil.rmtree(cli_out, ignore_errors=True)
         cmd = [lamflow, "annotate", "--model", model["model"], "--images", images]
-        cmd += ["--out", str(cli_out), "--params", str(params_file), *set_args]
+        cmd += ["--out", str(cli_out), "--no-progress", "--params", str(params_file), *set_args]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t0
 
     def run_stages() -> tuple[float, dict[str, float]]:
         """The flow's four steps by hand: one `lamflow stage NAME` process after the other,
-        each writing under out/stages (its own ingest manifest, labels, QC history, export)."""
+        each writing under out/stages (its own ingest manifest, labels, QC history, export).
+        As in the flow, a drop that fails QC (exit status 1) is not exported."""
         work = out / "stages"
         shutil.rmtree(work, ignore_errors=True)
         labels, manifest = str(work / "labels"), str(work / "ingest.json")
@@ -153,7 +157,7 @@ def main() -> int:
         steps = {
             "ingest": ["ingest", "--drive", DRIVE, "--out", manifest, "--no-progress"],
             "annotate": ["annotate", "--model", model["model"], "--images", images]
-            + ["--out", labels],
+            + ["--out", labels, "--no-progress"],
             "qc": ["qc", "--labels", labels, "--ingest", manifest, "--model", model["model"]]
             + ["--history", str(work / "qc_history.jsonl")],
             "export": ["export", "--labels", labels, "--model", model["model"]]
@@ -163,13 +167,18 @@ def main() -> int:
         for name, stage_args in steps.items():
             t0 = time.perf_counter()
             cmd = [lamflow, "stage", *stage_args, *common]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
             seconds[name] = round(time.perf_counter() - t0, 2)
+            if name == "qc" and done.returncode == 1:
+                print("stages: the drop failed QC, not exported (as in the flow)", file=sys.stderr)
+                break
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode}")
         return sum(seconds.values()), seconds
 
     from flows.nightly import shared_prefect_api
 
-    params_file = out / "params.yaml"  # the overrides, written once for both subprocesses
+    params_file = out / "params.yaml"  # the overrides, written once for every subprocess
     shutil.copyfile(args.params, params_file)
     set_args = [a for o in overrides for a in ("--set", o)]
 
@@ -183,13 +192,18 @@ def main() -> int:
         result = json.loads(done.stdout[done.stdout.find("{\n") :])  # the CLI's JSON result
         return seconds, {**result["drops"][DRIVE], "run_seconds": flow_run_seconds(result["run"])}
 
-    # This machine's speed drifts by 2x within minutes (shared host), so baseline and flow run
-    # back to back, in alternating order, `--repeats` times; each pair gives one ratio.
+    # This machine's speed drifts by 2x within minutes (shared host), so the sides run back to
+    # back, `--repeats` times, in an order reversed every other repeat and rotated every two
+    # (each side's place, and which of two sides comes first, changes); each repeat gives one
+    # ratio per baseline.
     runs = []
     with shared_prefect_api():
         sides = ("cli", "flow", "stages")
         for rep in range(args.repeats):
-            order = sides[rep % 3 :] + sides[: rep % 3]  # each side first in turn
+            turn = (rep // 2) % 3
+            order = sides[turn:] + sides[:turn]
+            if rep % 2:
+                order = order[::-1]
             timing: dict = {}
             for which in order:
                 print(f"[{rep + 1}/{args.repeats}] {which}", file=sys.stderr)

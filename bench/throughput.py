@@ -117,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:
                 model.extract(batch)
 
+    # In this order, each pair of a `*_paired` ratio runs back to back (predict | backbone |
+    # annotate).
     passes = {
+        "predict": predict_pass,
         "backbone": backbone_pass,
         "annotate": annotate_pass,
-        "predict": predict_pass,
         "backbone_unoptimised": unoptimised_pass,
     }
     for fn in passes.values():  # warm-up (all sides then run on the same cached annotator)
