@@ -101,9 +101,9 @@ def test_kubernetes_workers_get_the_same_malloc_settings(monkeypatch) -> None:
     (cluster,) = [d for d in yaml.safe_load_all(manifest.read_text()) if d["kind"] == "DaskCluster"]
     (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in worker["env"]}
-    wanted = malloc_environment()
-    assert wanted and {k: env.get(k) for k in wanted} == wanted
+    expected = malloc_environment()
+    assert expected and {k: env.get(k) for k in expected} == expected
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     spawned = _get_env_variables("distributed.nanny.pre-spawn-environ")
-    assert spawned["MALLOC_TRIM_THRESHOLD_"] == wanted["MALLOC_TRIM_THRESHOLD_"]
+    assert spawned["MALLOC_TRIM_THRESHOLD_"] == expected["MALLOC_TRIM_THRESHOLD_"]
