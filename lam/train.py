@@ -23,7 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from lam.errors import LamflowError
-from lam.modeling.adapter import pixel_features
+from lam.modeling.adapter import SemanticClassAdapter
+from lam.modeling.class_map import ClassMapAdapter
 from lam.modeling.lam import LabelAnythingModel
 from lam.settings import UNLABELED_METHODS, TrainSettings
 
@@ -167,7 +168,11 @@ def build_views(
 
 
 def _sample_pixels(
-    views: Sequence[View], per_view: int, ignore: int, gen: torch.Generator, pos_bumps: int = 0
+    views: Sequence[View],
+    per_view: int,
+    ignore: int,
+    gen: torch.Generator,
+    adapter: SemanticClassAdapter | ClassMapAdapter,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features (N, D) float32, ids (N,) int64 and pixel weights (N,) float32 at up to
     `per_view` labelled pixels per view (weights 1 for views without a weight map).
@@ -185,7 +190,7 @@ def _sample_pixels(
             continue
         pick = torch.randperm(len(ys), generator=gen)[:per_view]
         points = torch.stack([ys[pick], xs[pick]], 1).float()
-        feats.append(pixel_features(view.taps, points, tuple(lab.shape), pos_bumps))
+        feats.append(adapter.point_features(view.taps, points, tuple(lab.shape)))
         ids.append(lab[ys[pick], xs[pick]])
         if view.full_weight is None:
             weights.append(torch.ones(len(pick)))
@@ -208,6 +213,8 @@ def _fit_adapter(
     adapter = model.adapter
     params = [p for p in adapter.parameters() if p.requires_grad]
     losses: list[float] = []
+    if not params:  # nothing to fit (a class map head whose bias is kept at zero)
+        return losses
 
     def objective() -> torch.Tensor:
         logits = adapter.forward_points(feats)
@@ -321,7 +328,7 @@ def fit_head_on_views(
             continue
         budget = max(1, int(budgets[i] * shrink))
         try:
-            f, y, pw = _sample_pixels([view], budget, ignore_index, gen, model.adapter.pos_bumps)
+            f, y, pw = _sample_pixels([view], budget, ignore_index, gen, model.adapter)
         except LamflowError:
             continue  # every labelled pixel of this view has weight 0
         feats.append(f)
@@ -332,7 +339,15 @@ def fit_head_on_views(
         raise LamflowError("seed labels contain no labelled pixel of weight > 0")
     weighted = view_weights is not None or any(v.full_weight is not None for v in views)
     sw = torch.cat(sample_weight) if weighted else None
-    losses = _fit_adapter(model, torch.cat(feats), torch.cat(ids), weights, settings, sw)
+    all_feats, all_ids = torch.cat(feats), torch.cat(ids)
+    if isinstance(model.adapter, ClassMapAdapter):
+        # where the source classes fall on the seeds' labels, shrunk towards the name map
+        model.adapter.estimate(
+            all_feats, all_ids, settings.class_map_prior, torch.cat(sample_weight)
+        )
+        if not settings.class_map_fit_bias:
+            model.adapter.bias.requires_grad_(False)
+    losses = _fit_adapter(model, all_feats, all_ids, weights, settings, sw)
     if progress is not None:
         progress(1, 2, losses[-1] if losses else float("nan"))
     labelled = [v for i, v in enumerate(views) if view_weights is None or view_weights[i] >= 1.0]

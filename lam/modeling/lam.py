@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from lam.modeling.adapter import SemanticClassAdapter
 from lam.modeling.backbone import Backbone
+from lam.modeling.class_map import ClassMapAdapter
 from lam.modeling.optou import OptOU
 
 
@@ -106,7 +107,7 @@ class LabelAnythingModel(nn.Module):
         backbone: Backbone,
         num_classes: int,
         out_stride: int = 4,
-        adapter: SemanticClassAdapter | None = None,
+        adapter: SemanticClassAdapter | ClassMapAdapter | None = None,
         optou: OptOU | None = None,
         use_prototypes: bool = True,
     ) -> None:
