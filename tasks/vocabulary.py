@@ -21,6 +21,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from lam.class_transfer import SOURCE_TAXONOMIES, read_source_mapping
 from lam.errors import LamflowError
 from lam.imageio import decode_image
 from lam.sampling import evenly_spaced
@@ -39,6 +40,7 @@ from lam.vocabulary.wordnet import WordNetNouns, find_wordnet_dir
 from lamflow.params import VocabularyParams
 from lamflow.storage import exists, list_images, read_bytes, read_text, write_text_atomic
 from tasks.frame_sources import load_classes
+from tasks.source_mapping import add_source_mapping
 
 log = logging.getLogger(__name__)
 VOCABULARY_FILE = "vocabulary.yaml"  # a drop's vocabulary, beside its images (nightly flow)
@@ -100,16 +102,21 @@ def _target_names(target: str | None) -> list[str]:
     return list(load_classes(target).names)
 
 
-def _previous_mapping(out: str) -> list[dict[str, Any]]:
-    """Mapping rows of an existing output (for manual corrections), [] if none or unreadable."""
+def _previous_doc(out: str) -> dict[str, Any] | None:
+    """An existing output (for manual corrections), None if none or unreadable."""
     if not exists(out):
-        return []
+        return None
     try:
         data = yaml.safe_load(read_text(out)) or {}
     except yaml.YAMLError:
         log.warning("existing %s is not YAML; manual mapping rows cannot be kept", out)
-        return []
-    rows = data.get("mapping", []) if isinstance(data, dict) else []
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _previous_mapping(out: str) -> list[dict[str, Any]]:
+    """Mapping rows of an existing output (for manual corrections), [] if none or unreadable."""
+    rows = (_previous_doc(out) or {}).get("mapping", [])
     return rows if isinstance(rows, list) else []
 
 
@@ -154,6 +161,7 @@ def vocabulary(
     target: str | None = None,
     progress: bool = True,
     skip_existing: bool = False,
+    source_taxonomy: str | None = None,
 ) -> dict[str, Any]:
     """Discover the label vocabulary of the frames in `images` and write it to `out`.
 
@@ -165,12 +173,20 @@ def vocabulary(
         skip_existing: when `out` already holds the vocabulary of these images, for this target
             and these params, return it as it is (the nightly flow relabels a drop without
             re-tagging its frames: a drop's frames never change once ingested).
+        source_taxonomy: the taxonomy of a pretrained annotator network ('cityscapes',
+            'pascal_voc'): its classes' map onto `target`, proposed from the names, is written
+            too (section `source_mapping`, manual rows kept; tasks/source_mapping.py).
     Returns:
         the document written to `out` (labels, synsets, mapping, counts, provenance).
     """
     params = params or VocabularyParams()
+    _check_source_taxonomy(source_taxonomy)
     if skip_existing:
         done = _existing(images, out, params, target)
+        if done is not None and source_taxonomy and target:
+            if read_source_mapping(done, source_taxonomy) is None:  # add it, do not re-tag
+                _add_source_mapping(done, done, source_taxonomy, params)
+                _write(out, done)
         if done is not None:
             return done
     started = time.perf_counter()
@@ -242,14 +258,9 @@ def vocabulary(
         "synsets": _synset_rows(synsets),
         "mapping": [asdict(m) for m in mapping],
     }
-    header = (
-        "# Vocabulary discovered by `lamflow vocabulary`. The mapping table is editable: change\n"
-        f"# a row's target (a target class or '{UNMAPPED}') and set its source to 'manual';\n"
-        "# re-runs keep manual rows.\n"
-    )
-    # The file holds no timing: the same frames and params give the same bytes (data/
-    # vocabulary.yaml is kept in git, and dvc must not see a change where there is none).
-    write_text_atomic(out, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    if source_taxonomy and targets:
+        _add_source_mapping(doc, _previous_doc(out), source_taxonomy, params)
+    _write(out, doc)
     doc["seconds"] = round(time.perf_counter() - started, 2)
     _publish_artifact(doc)
     log.info(
@@ -261,6 +272,44 @@ def vocabulary(
         doc["seconds"],
     )
     return doc
+
+
+def _check_source_taxonomy(taxonomy: str | None) -> None:
+    if taxonomy and taxonomy not in SOURCE_TAXONOMIES:
+        raise LamflowError(
+            f"source taxonomy {taxonomy!r} is unknown; known: {', '.join(SOURCE_TAXONOMIES)}"
+        )
+
+
+def _add_source_mapping(
+    doc: dict[str, Any], previous: dict[str, Any] | None, taxonomy: str, params: VocabularyParams
+) -> None:
+    """Propose `taxonomy`'s source -> target rows into `doc`, keeping `previous`'s manual
+    rows (why here: a person edits one file, vocabulary.yaml, for both tables)."""
+    add_source_mapping(
+        doc,
+        previous,
+        taxonomy,
+        SOURCE_TAXONOMIES[taxonomy],
+        doc["target_classes"],
+        wordnet_dir=params.wordnet_dir or None,
+    )
+
+
+def _write(out: str, doc: dict[str, Any]) -> None:
+    header = (
+        "# Vocabulary discovered by `lamflow vocabulary`. The mapping table is editable: change\n"
+        f"# a row's target (a target class or '{UNMAPPED}') and set its source to 'manual';\n"
+        "# re-runs keep manual rows.\n"
+    )
+    if doc.get("source_mapping"):
+        header += (
+            "# So are the source_mapping tables: a pretrained network's class (synset) -> target\n"
+            "# class; `lamflow train --vocabulary FILE` uses them as written.\n"
+        )
+    # The file holds no timing: the same frames and params give the same bytes (data/
+    # vocabulary.yaml is kept in git, and dvc must not see a change where there is none).
+    write_text_atomic(out, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
 def _existing(

@@ -47,6 +47,7 @@ class WordNetNouns:
             raise LamflowError(f"no WordNet data.noun at {self.path}")
         self.version = f"wordnet:{self.path}"
         self._cache: dict[str, tuple[list[str], list[str]]] = {}
+        self._index: dict[str, list[str]] | None = None
 
     def synset(self, wnid: str) -> tuple[list[str], list[str]]:
         """'n02958343' -> (lemmas with spaces, hypernym wnids incl. instance hypernyms).
@@ -89,3 +90,24 @@ class WordNetNouns:
             current = parents[0]
             chain.append((current, self.synset(current)[0][0]))
         return chain
+
+    def first_sense(self, lemma: str) -> str | None:
+        """The most frequent noun sense of `lemma` ('traffic light' -> 'n06874185'), from
+        `index.noun` beside `data.noun`; None when the lemma or the index is missing.
+
+        Senses are listed most frequent first, which is usually, not always, the meaning a
+        class name has (pin a sense where it matters: lam.source_taxonomies).
+        """
+        if self._index is None:
+            self._index = {}
+            index = self.path.with_name("index.noun")
+            if index.exists():
+                with index.open(encoding="utf-8", errors="replace") as fh:
+                    for line in fh:
+                        if line.startswith(" "):  # licence header
+                            continue
+                        fields = line.split()
+                        n_senses = int(fields[2])
+                        self._index[fields[0]] = ["n" + o for o in fields[-n_senses:]]
+        senses = self._index.get(lemma.strip().lower().replace(" ", "_"))
+        return senses[0] if senses else None
