@@ -4,8 +4,8 @@ Every run calls the real stages: `tasks.train.train` (seeds + the target drive's
 `--unlabeled`), `tasks.annotate.annotate`, `tasks.evaluate.evaluate`, in a scratch folder.
 
 Folds (inside CamVid's train split; choose defaults on these): each train drive in turn is the
-target T. Seeds are N frames of the other two drives (N = 1, 6, 21, evenly spaced over them by
-name, or all of them), with or without 4 frames of T itself (the review loop's case: evenly
+target T. Seeds are N frames of the other two drives (N = 0, 1, 6, 21, evenly spaced over them
+by name, or all of them), with or without 4 frames of T itself (the review loop's case: evenly
 spaced over the first third of T's frames). Scored on T's other frames that lie >= 300 frame
 numbers (10 s) from each of those 4, the same frames in both cases. T's frames are the drop:
 `train` sees them unlabeled.
@@ -37,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lam.build import SOURCE_NETWORKS  # noqa: E402
 from lamflow.params import load_params  # noqa: E402
 from tasks.annotate import annotate  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
@@ -80,7 +81,7 @@ def _curve(
     """The learning curve of one target: every count of `pool` seeds, without and with `same`."""
     out = []
     for count in counts:
-        other = pool if count == "all" else evenly(pool, int(count))
+        other = pool if count == "all" else evenly(pool, int(count)) if int(count) else []
         for with_same in (False, True):
             out.append(
                 {
@@ -142,6 +143,7 @@ def run_case(case: dict[str, Any], camvid: Path, params: Any, scratch: Path) -> 
         params.train,
         progress=False,
         unlabeled=[drop],
+        no_seeds=not case["seeds"],  # count 0 without the target's frames: no label at all
     )
     train_s = time.perf_counter() - started
     summary = annotate(
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     default_root = os.environ.get("LAMFLOW_CAMVID", str(ROOT / ".." / "shared" / "data" / "camvid"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--camvid", default=default_root)
-    parser.add_argument("--counts", nargs="+", default=["1", "6", "21", "all"])
+    # 0: the model with no seed at all (a source-network backbone's class map from names)
+    parser.add_argument("--counts", nargs="+", default=["0", "1", "6", "21", "all"])
     parser.add_argument("--targets", nargs="+", default=list(DRIVES), help="fold targets")
     parser.add_argument("--no-folds", action="store_true")
     parser.add_argument("--no-val", action="store_true")
@@ -228,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (camvid / "classes.json").is_file():
         print(f"error: no CamVid at {camvid} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
         return 2
-    bad = [c for c in args.counts if c != "all" and not (c.isdigit() and int(c) >= 1)]
+    bad = [c for c in args.counts if c != "all" and not c.isdigit()]
     if bad:
-        print(f"error: --counts takes numbers >= 1 or 'all', got {bad}", file=sys.stderr)
+        print(f"error: --counts takes numbers >= 0 or 'all', got {bad}", file=sys.stderr)
         return 2
     params = load_params(args.params, args.set)
     todo = [
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in cases(camvid, args.counts, not args.no_val)
         if (c["split"] == "val" or (not args.no_folds and c["target"] in args.targets))
         and (c["same"] or not args.only_same)
+        # no seed at all needs a network that already knows classes (a source network)
+        and (c["seeds"] or params.model.backbone in SOURCE_NETWORKS)
     ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="lamflow-quality-") as scratch:

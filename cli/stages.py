@@ -236,7 +236,10 @@ def _add_stage_options(parser: argparse.ArgumentParser, spec: StageSpec, fn: Cal
         opt = f"--{spec.options.get(pname, pname).replace('_', '-')}"
         required = param.default is inspect.Parameter.empty and pname not in spec.defaults
         fallback = f" (default: params {spec.defaults[pname]})" if pname in spec.defaults else ""
-        if tp is bool:
+        if tp is bool and opt.startswith("--no-"):  # `no_seeds` -> --no-seeds, a plain flag
+            # (BooleanOptionalAction would read any --no-... option as False)
+            parser.add_argument(opt, dest=pname, action="store_true", default=None)
+        elif tp is bool:
             parser.add_argument(
                 opt, dest=pname, action=argparse.BooleanOptionalAction, default=None
             )

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lam.modeling.backbone import Backbone, EfficientNetBackbone
+from lam.modeling.source_network import SourceNetworkBackbone
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -240,7 +241,8 @@ def inference_backbone(backbone: Backbone) -> Backbone:
     EfficientNet backbones get every BatchNorm folded into the convolution before it, timm's
     dynamic 'SAME' padding replaced by a cheaper pad, ReLU6 fused into the conv before it
     (one oneDNN pass on CPU), and the input normalisation folded into the stem conv (all exact
-    up to float rounding). Other backbones are returned as a plain eval-mode copy. The original
+    up to float rounding). Source networks (ESPNetv2, DiCENet) get their BatchNorms folded.
+    Other backbones are returned as a plain eval-mode copy. The original
     module (and its state dict) is left untouched.
     """
     import copy
@@ -253,4 +255,7 @@ def inference_backbone(backbone: Backbone) -> Backbone:
             fold_batchnorm(fast)
             _replace_convs(fast)
             _fold_normalization(fast)
+    elif isinstance(fast, SourceNetworkBackbone):
+        with torch.no_grad():  # ESPNetv2's conv -> BN pairs (its BN -> PReLU pairs stay)
+            fold_batchnorm(fast)
     return fast

@@ -58,6 +58,9 @@ class ModelParams(_Section):
     optou_radius: int = Field(default=_MODEL.optou_radius, ge=0, le=8)
     optou_dilation: int = Field(default=_MODEL.optou_dilation, ge=1, le=8)
     optou_sigma: float = Field(default=_MODEL.optou_sigma, gt=0)
+    # source-network backbones: the weights file looked in first (a path or fsspec URL; then
+    # $LAMFLOW_WEIGHTS, ../shared/weights/edgenets, the cache, the pinned URL)
+    weights: str = ""
 
 
 class TrainParams(_Section):
@@ -82,6 +85,8 @@ class TrainParams(_Section):
     # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read.
     # 48 = what self_train was measured with on the folds (lam.adapt's max_frames)
     unlabeled_frames: int = Field(default=48, ge=0)
+    class_map_prior: float = Field(default=_TRAIN.class_map_prior, ge=0)
+    class_map_fit_bias: bool = _TRAIN.class_map_fit_bias
 
     @field_validator("unlabeled_method")
     @classmethod

@@ -11,16 +11,21 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lam.build import LamConfig, build_lam
+from lam.build import build_lam
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_label
-from lam.train import TrainSettings, train_head
+from lam.train import TrainReport, TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
 from lamflow.storage import find_by_stem, join, read_bytes, sha256_bytes, write_text_atomic
 from tasks.frame_sources import load_classes, load_seed_frames, load_unlabeled_frames
 from tasks.model_io import save_model
 from tasks.seed_set import list_seeds
+from tasks.source_model import (
+    SOURCE_NETWORK_BACKBONES,
+    build_config,
+    weights_provenance,
+)
 
 log = logging.getLogger(__name__)
 TRAIN_REPORT = "train_report.json"
@@ -64,6 +69,8 @@ def train(
     confidence: str | None = None,
     unlabeled: list[str] | None = None,
     seed_set: str = "",
+    no_seeds: bool = False,
+    vocabulary: str | None = None,
 ) -> dict[str, Any]:
     """Train from seed frames `seeds` (file stems) found in `images`, labels in `labels`.
 
@@ -86,6 +93,13 @@ def train(
         seed_set: URL of a seed set (tasks.seed_set: images/, labels/, confidence/,
             provenance/): all its seeds are used, with their confidence maps; a stem of
             `seeds` that the set also holds is taken from the set.
+        no_seeds: build the model from no labelled frame at all: a source-network backbone
+            (espnetv2_city, ...) with its classes mapped onto `classes` by name or by
+            `vocabulary` (`seeds` and `seed_set` must then be empty; the params' seed list
+            is not used). Zero seeds must be said: `seeds` defaults to train.seeds.
+        vocabulary: URL of a vocabulary.yaml whose `source_mapping` rows map the source
+            network's classes onto `classes` (a person's corrections there win); without it
+            the map is proposed from the class names. Only for source-network backbones.
     Returns:
         the training report (also written to `out/train_report.json`), with `model_version`.
     """
@@ -93,9 +107,14 @@ def train(
     model = model or ModelParams()
     settings = settings or TrainParams()
     class_list = load_classes(classes)
-    seed_images, seed_labels, provenance, weights = _load_seeds(
-        images, labels, seeds, class_list, confidence, seed_set
-    )
+    if no_seeds:
+        if seed_set:
+            raise LamflowError(f"--no-seeds and a seed set ({seed_set}) exclude each other")
+        seed_images, seed_labels, provenance, weights = [], [], [], []
+    else:
+        seed_images, seed_labels, provenance, weights = _load_seeds(
+            images, labels, seeds, class_list, confidence, seed_set
+        )
     unlabeled_frames: list[np.ndarray] = []
     unlabeled_records: list[dict[str, str]] = []
     undecodable: list[str] = []
@@ -112,8 +131,13 @@ def train(
             progress=progress,
         )
 
-    config = LamConfig(classes=class_list.to_json(), **model.model_dump())
-    net = build_lam(config, seed=settings.seed)
+    config, backbone, mapping = build_config(model, class_list, vocabulary)
+    if no_seeds and mapping is None:
+        raise LamflowError(
+            f"--no-seeds needs a source-network backbone ({', '.join(SOURCE_NETWORK_BACKBONES)}), "
+            f"not model.backbone {model.backbone!r}: a frozen ImageNet backbone knows no class"
+        )
+    net = build_lam(config, backbone=backbone, seed=settings.seed)
     lam_settings = TrainSettings(
         **{
             **settings.model_dump(exclude={"seeds", "unlabeled_frames"}),
@@ -127,21 +151,30 @@ def train(
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
 
-    report = train_head(
-        net,
-        seed_images,
-        seed_labels,
-        class_list.ignore_index,
-        lam_settings,
-        _progress,
-        weights,
-        unlabeled=unlabeled_frames,
-    )
+    if no_seeds:
+        report = TrainReport(0.0, 0, float("nan"), [0] * class_list.num_classes)
+    else:
+        report = train_head(
+            net,
+            seed_images,
+            seed_labels,
+            class_list.ignore_index,
+            lam_settings,
+            _progress,
+            weights,
+            unlabeled=unlabeled_frames,
+        )
     bar.close()
+    if mapping is not None:
+        mapping.record_fitted(net.adapter)
+        config.extra = {**config.extra, "class_map": mapping.as_dict()}
+        log.info("class map in use (%s):\n%s", mapping.origin, mapping.table())
     version = save_model(out, net, config)
     # A class no seed pixel shows gets no training signal, so the model never predicts it
     # (CamVid: a single frame often lacks 3-5 of the 11 classes, each then scoring 0 IoU).
     unseen = [name for name, n in zip(class_list.names, report.class_pixels) if n == 0]
+    if mapping is not None:  # a mapped class is predicted without seed pixels
+        unseen = [name for name in unseen if name not in mapping.mapped_targets()]
     if unseen:
         log.warning(
             "%d of %d classes have no seed pixel and will never be predicted: %s "
@@ -168,6 +201,9 @@ def train(
         "model": model.model_dump(),
         "train": {k: v for k, v in asdict(lam_settings).items()},
     }
+    if mapping is not None:
+        summary["class_map"] = mapping.as_dict()
+        summary["weights"] = weights_provenance(backbone)
     write_text_atomic(join(out, TRAIN_REPORT), json.dumps(summary, indent=2))
     log.info(
         "trained %s from %d seed(s) and %d unlabeled frame(s) in %.1fs",

@@ -13,18 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from lam.modeling.backbone import Backbone
+from lam.source_taxonomies import CITYSCAPES_CLASSES as CITYSCAPES_TRAIN_IDS
+from lam.source_taxonomies import PASCAL_VOC_CLASSES
 
-# Source taxonomies, in output-channel order.
-CITYSCAPES_CLASSES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle", "background",
-)  # fmt: skip
-PASCAL_VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+# Source taxonomies, in output-channel order: the EdgeNets Cityscapes networks add a 20th
+# 'background' channel after the 19 trainIds (never mapped by name: it is no street class).
+CITYSCAPES_CLASSES: tuple[str, ...] = (*CITYSCAPES_TRAIN_IDS, "background")
 SOURCE_TAXONOMIES: dict[str, tuple[str, ...]] = {
     "cityscapes": CITYSCAPES_CLASSES,
     "pascal_voc": PASCAL_VOC_CLASSES,

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lam.build import BACKBONES, build_backbone
+from lam.build import BACKBONES, SOURCE_NETWORKS, build_backbone
 from lam.errors import LamflowError
+
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "weights" / "edgenets"
 
 
 def _tiny_timm_checkpoint(tmp_path: Path) -> dict:
@@ -38,6 +41,10 @@ def _options(name: str, tmp_path: Path) -> dict:
         return _tiny_timm_checkpoint(tmp_path)
     if name == "transformers":
         return _tiny_transformers_dir(tmp_path, "vit")
+    if name in SOURCE_NETWORKS:
+        if not SHARED_WEIGHTS.is_dir():
+            pytest.skip("no shared weights (../shared/weights/edgenets)")
+        return {"input_size": [64, 128]}
     return {}
 
 
@@ -48,9 +55,11 @@ def test_registered_backbone_taps_match_declared_shapes(name: str, tmp_path: Pat
     with torch.no_grad():
         taps = backbone(images)
     assert len(taps) == len(backbone.channels) == len(backbone.strides)
+    # a source network's taps lie on its own input grid (input_size), not the frame's
+    h, w = getattr(backbone, "input_size", (72, 96))
     for tap, c, s in zip(taps, backbone.channels, backbone.strides):
         assert tap.shape[:2] == (2, c)
-        assert tap.shape[2] == -(-72 // s) and tap.shape[3] == -(-96 // s)
+        assert tap.shape[2] == -(-h // s) and tap.shape[3] == -(-w // s)
         assert torch.isfinite(tap).all()
 
 

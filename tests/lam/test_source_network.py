@@ -165,3 +165,20 @@ def test_registry_entries_find_their_weights_and_refuse_a_corrupt_file(tmp_path:
     assert again.provenance["path"] != str(bad)
     with pytest.raises(LamflowError, match="width"):
         build_backbone("espnetv2_city", {"width": 0.5})
+
+
+def test_inference_copy_folds_batchnorm_and_gives_the_same_logits():
+    from lam.cpu_fusion import inference_backbone
+
+    net = ESPNetv2Segmentation(1.0, 20)
+    for m in net.modules():  # non-trivial statistics, as trained weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    backbone = SourceNetworkBackbone(net, CITYSCAPES_CLASSES, "cityscapes", (64, 96)).eval()
+    fast = inference_backbone(backbone)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert n_bn < sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    images = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(fast(images)[0], backbone(images)[0], atol=1e-3, rtol=1e-3)
