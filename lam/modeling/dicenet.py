@@ -18,6 +18,9 @@ whatever size they were trained or evaluated at; at run time every input size wo
 each DiCE unit resamples its rows / columns to the built count and back (see
 `lam.modeling.dice_layers`). So keep `input_size=(224, 224)` to use the published weights and
 feed any H, W that are multiples of 16; the authors evaluate the Cityscapes model at 1024x512.
+
+The published file stores its tensors on CUDA: read it with
+`torch.load(path, map_location="cpu", weights_only=True)`, then `load_dicenet_state`.
 """
 
 from __future__ import annotations
