@@ -19,7 +19,7 @@ loses mostly on tree (19-41 IoU against 81-85: 53-61% of tree pixels come out as
 and building. Our module's output equals the authors' network's bit for bit (max |diff| 0.0
 at 768x384, 1024x512 and 320x240 on random input), so this is the published model, not a
 wiring error. CPU timings on the shared 2-core machine (load 5-9) were noisy: 0.9-5 s/frame
-at 1024x512, 2.3-3.3 s at 768x384, about 1.1-1.3x ESPNetv2's time in interleaved runs;
+at 1024x512, 2.3-3.3 s at 768x384, 1.1-1.7x ESPNetv2's time in interleaved runs;
 channels_last made no consistent difference.
 """
 
