@@ -102,7 +102,8 @@ def build_source_network(
     if name.startswith("dicenet"):
         from lam.modeling.dicenet import DiCENetSegmentation
 
-        network = DiCENetSegmentation(width, len(classes), input_size=tuple(input_size))
+        # built at 224x224 as published (its DiCE kernels' sizes); any input size then runs
+        network = DiCENetSegmentation(width, len(classes))
     else:
         from lam.modeling.espnetv2 import ESPNetv2Segmentation
 

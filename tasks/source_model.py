@@ -16,6 +16,7 @@ from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.modeling.backbone import Backbone
 from lam.modeling.class_map import ClassMapAdapter
+from lam.modeling.source_network import SourceNetworkBackbone
 from lam.vocabulary.taxonomy import UNMAPPED
 from lamflow.params import ModelParams
 from lamflow.weights import local_weights_path
@@ -42,7 +43,7 @@ class ClassMapInUse:
         seeds move it from the name map; weights >= 0.05 only, rounded)."""
         names = self._targets
         for s, source in enumerate(self.rows):
-            column = adapter.mapping[:, s].tolist()
+            column = adapter.mapping_matrix()[:, s].tolist()
             self.fitted[source] = {names[c]: round(w, 3) for c, w in enumerate(column) if w >= 0.05}
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,8 +98,10 @@ def build_config(
             "weights": local_weights_path(weights),
         }
     backbone = build_backbone(model.backbone, options["backbone_options"])
-    source_classes = tuple(backbone.source_classes)
-    taxonomy = str(backbone.taxonomy)
+    if not isinstance(backbone, SourceNetworkBackbone):
+        raise LamflowError(f"backbone {model.backbone!r} built no source network")
+    source_classes = backbone.source_classes
+    taxonomy = backbone.taxonomy
     rows, origin = source_mapping_for(taxonomy, source_classes, list(class_list.names), vocabulary)
     mapping = ClassMapInUse(
         taxonomy,

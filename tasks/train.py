@@ -15,6 +15,7 @@ from lam.build import build_lam
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_label
+from lam.modeling.class_map import ClassMapAdapter
 from lam.train import TrainReport, TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
 from lamflow.storage import find_by_stem, join, read_bytes, sha256_bytes, write_text_atomic
@@ -107,10 +108,13 @@ def train(
     model = model or ModelParams()
     settings = settings or TrainParams()
     class_list = load_classes(classes)
+    seed_images: list[np.ndarray] = []
+    seed_labels: list[np.ndarray] = []
+    provenance: list[dict[str, Any]] = []
+    weights: list[np.ndarray | None] = []
     if no_seeds:
         if seed_set:
             raise LamflowError(f"--no-seeds and a seed set ({seed_set}) exclude each other")
-        seed_images, seed_labels, provenance, weights = [], [], [], []
     else:
         seed_images, seed_labels, provenance, weights = _load_seeds(
             images, labels, seeds, class_list, confidence, seed_set
@@ -165,7 +169,7 @@ def train(
             unlabeled=unlabeled_frames,
         )
     bar.close()
-    if mapping is not None:
+    if mapping is not None and isinstance(net.adapter, ClassMapAdapter):
         mapping.record_fitted(net.adapter)
         config.extra = {**config.extra, "class_map": mapping.as_dict()}
         log.info("class map in use (%s):\n%s", mapping.origin, mapping.table())
@@ -195,7 +199,7 @@ def train(
         },
         "seconds": round(time.perf_counter() - started, 2),
         "views": report.views,
-        "final_loss": round(report.final_loss, 4),
+        "final_loss": round(report.final_loss, 4) if np.isfinite(report.final_loss) else None,
         "class_pixels": dict(zip(class_list.names, report.class_pixels)),
         "unseen_classes": unseen,
         "model": model.model_dump(),

@@ -57,6 +57,13 @@ class ClassMapAdapter(nn.Module):
         self.num_sources = num_sources
         self.floor = float(floor)
 
+    def mapping_matrix(self) -> torch.Tensor:
+        """(C, S) the map in use (a typed view of the `mapping` buffer)."""
+        mapping = self.mapping
+        if not isinstance(mapping, torch.Tensor):  # for the type checker: a registered buffer
+            raise TypeError("mapping is not a tensor")
+        return mapping
+
     def _map(self, source_logits: torch.Tensor, dim: int) -> torch.Tensor:
         probs = torch.softmax(source_logits.float(), dim=dim)
         if dim == 1 and probs.ndim == 4:
