@@ -10,7 +10,6 @@ import torch
 from lam.build import BACKBONES, SOURCE_NETWORKS, build_backbone
 from lam.errors import LamflowError
 
-
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "weights" / "edgenets"
 
 
