@@ -39,20 +39,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lam.build import LamConfig, build_backbone, build_lam  # noqa: E402
-from lam.classes import ClassList  # noqa: E402
+from lam.build import build_backbone, build_lam  # noqa: E402
 from lam.imageio import decode_image, decode_label  # noqa: E402
 from lam.train import train_head  # noqa: E402
-from lamflow.params import AnnotateParams  # noqa: E402
+from lamflow.params import AnnotateParams, load_params  # noqa: E402
 from tasks.annotate import annotate  # noqa: E402
+from tasks.frame_sources import load_classes  # noqa: E402
 from tasks.model_io import load_annotator, save_model  # noqa: E402
+from tasks.source_model import build_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     default_root = os.environ.get("LAMFLOW_CAMVID", str(ROOT / ".." / "shared" / "data" / "camvid"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--camvid", default=default_root)
-    parser.add_argument("--backbone", default=LamConfig.backbone)
+    parser.add_argument("--backbone", default="", help="default: params.yaml model.backbone")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="median of n interleaved passes")
@@ -66,9 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / "classes.json").is_file():
         print(f"error: no CamVid at {root} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
         return 2
-    classes = json.loads((root / "classes.json").read_text())
-    config = LamConfig(classes=classes, backbone=args.backbone)
-    model = build_lam(config, backbone=build_backbone(config.backbone, config.backbone_options))
+    params = load_params(args.params, args.set)
+    if args.backbone:
+        params.model.backbone = args.backbone
+    # the model section of params.yaml, as `train` builds it (a source network's class map
+    # from the class names, its weights found and checked)
+    config, backbone, _ = build_config(params.model, load_classes(str(root / "classes.json")), None)
+    model = build_lam(
+        config, backbone=backbone or build_backbone(config.backbone, config.backbone_options)
+    )
     head = "untrained"
     if not args.untrained:
         seed_image = root / "train" / "images" / f"{args.seed}.jpg"
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         image = decode_image(seed_image.read_bytes(), args.seed)
         label = decode_label(seed_label.read_bytes(), args.seed)
-        train_head(model, [image], [label], ClassList.from_json(classes).ignore_index)
+        train_head(model, [image], [label], config.class_list.ignore_index)
         head = f"trained on {args.seed}"
     work = Path(tempfile.mkdtemp(prefix="lamflow-throughput-"))
     model_dir = str(work / "model")

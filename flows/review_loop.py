@@ -232,6 +232,28 @@ def pushed_overlays(
     return thumbs
 
 
+def class_map_markdown(model: dict[str, Any]) -> list[str]:
+    """Lines on a source-network model's class map (source -> target, where the seeds moved
+    it) and its weights' licence; none for other models."""
+    class_map, weights = model.get("class_map"), model.get("weights") or {}
+    if not class_map:
+        return []
+    lines = [
+        f"**Class map** ({class_map['taxonomy']} -> target, from {class_map['origin']}):",
+        "",
+        "| source class | target | row | after training |",
+        "|---|---|---|---|",
+    ]
+    for row in class_map["rows"]:
+        fitted = ", ".join(f"{k} {v:.2f}" for k, v in row.get("fitted", {}).items())
+        lines.append(
+            f"| {row['source_class']} | {row['target']} | {row['row_source']} | {fitted} |"
+        )
+    if weights:
+        lines += ["", f"**Weights:** `{weights.get('file')}` ({weights.get('licence')})."]
+    return [*lines, ""]
+
+
 def loop_report(
     pull: dict[str, Any],
     before: str,
@@ -266,6 +288,7 @@ def loop_report(
         f"**Model:** `{before or '(none)'}` → `{after}`"
         + (f" (trained on {model.get('seeds', '?')} seeds)" if model.get("trained") else ""),
         "",
+        *class_map_markdown(model),
         "**Drops relabeled:** "
         + (
             ", ".join(f"{d} (QC {s['qc']})" for d, s in sorted(relabeled.items()))

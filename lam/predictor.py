@@ -99,9 +99,14 @@ class Annotator:
         """(B, 3, H, W) uint8 on self.device -> the backbone taps (model.extract's values).
 
         Left channels-last, as the backbone writes them: the adapter works channels-last, so
-        a copy to NCHW here would only be copied back there.
+        a copy to NCHW here would only be copied back there. On CUDA the backbone runs under
+        float16 autocast (taps handed on as float32); on CPU in float32.
         """
-        return list(self.backbone(images.contiguous(memory_format=torch.channels_last)))
+        images = images.contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cuda":  # mixed precision: the frozen network in float16
+            with torch.autocast("cuda", dtype=torch.float16):
+                return [t.float() for t in self.backbone(images)]
+        return list(self.backbone(images))
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:

@@ -140,4 +140,7 @@ def ensure_model(
         "seed_set": seeds,
         "train_seconds": float(report.get("seconds", 0.0)) if trained else 0.0,
         "class_pixels": report.get("class_pixels", {}),
+        # source-network models: the class map in use and the weights' provenance and licence
+        "class_map": report.get("class_map"),
+        "weights": report.get("weights"),
     }

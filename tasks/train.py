@@ -171,7 +171,9 @@ def train(
     bar.close()
     if mapping is not None and isinstance(net.adapter, ClassMapAdapter):
         mapping.record_fitted(net.adapter)
-        config.extra = {**config.extra, "class_map": mapping.as_dict()}
+        # in config.json too, so the model directory says what it stands on and its terms
+        provenance = {k: v for k, v in weights_provenance(backbone).items() if k != "path"}
+        config.extra = {**config.extra, "class_map": mapping.as_dict(), "weights": provenance}
         log.info("class map in use (%s):\n%s", mapping.origin, mapping.table())
     version = save_model(out, net, config)
     # A class no seed pixel shows gets no training signal, so the model never predicts it
