@@ -62,13 +62,13 @@ bench-pipeline: venv
 
 # data/seeds, the DVC pipeline's seed set (versioned by data/seeds.dvc, ignored by git): from the
 # DVC cache or remote when they hold it, else imported again from CamVid (params train.seeds),
-# byte for byte what data/seeds.dvc records; `dvc status` then says whether they match.
+# then checked against the md5 data/seeds.dvc records and committed into the DVC cache
+# (`lamflow stage restore_seeds`, also dvc.yaml's first stage); `dvc status` then says whether
+# they match (a seed edited by hand and not yet recorded fails here).
 data: venv
-	@test -d data/seeds || $(BIN)/dvc checkout --quiet data/seeds.dvc 2>/dev/null || \
-		$(BIN)/dvc pull --quiet data/seeds.dvc 2>/dev/null || \
-		$(BIN)/lamflow stage import_seeds --source camvid --out data/seeds \
-			--images $(CAMVID)/train/images --labels $(CAMVID)/train/labels \
-			--classes $(CAMVID)/classes.json
+	$(BIN)/lamflow stage restore_seeds --dvc-file data/seeds.dvc \
+		--images $(CAMVID)/train/images --labels $(CAMVID)/train/labels \
+		--classes $(CAMVID)/classes.json
 	@$(BIN)/dvc status --quiet data/seeds.dvc || { $(BIN)/dvc status data/seeds.dvc; \
 		echo 'make data: data/seeds differs from data/seeds.dvc' >&2; exit 1; }
 

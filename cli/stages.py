@@ -86,6 +86,11 @@ _STAGES: dict[str, StageSpec] = {
         "copy seed frames + labels into a seed set, byte for byte",
         defaults={"stems": "train.seeds", **_SEEDS},
     ),
+    "restore_seeds": StageSpec(
+        "tasks.restore_seeds:restore_seeds",
+        "data/seeds as data/seeds.dvc records it: DVC cache, remote, or a verified import",
+        defaults={"stems": "train.seeds", **_SEEDS},
+    ),
     "seed_set": StageSpec(
         "tasks.seed_set:seed_set",
         "merge imported and prompted seeds into the seed set train reads",

@@ -123,8 +123,13 @@ def write_watermark(root: str, drives: list[str], run: str) -> None:
 
 def read_model_pointer(root: str) -> str:
     """Version of the model the last run labeled with ("" before the first run)."""
-    pointer = _read_json(join(root, "state", "model.json")) or {}
-    return str(pointer.get("model_version", ""))
+    return str(model_pointer(root).get("model_version", ""))
+
+
+def model_pointer(root: str) -> dict[str, Any]:
+    """What `write_model_pointer` recorded: {"since", "model_version", "model" (the model
+    directory's URL), "seeds", "trained"}; {} before the first run."""
+    return _read_json(join(root, "state", "model.json")) or {}
 
 
 def write_model_pointer(root: str, model: dict[str, Any]) -> None:

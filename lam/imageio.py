@@ -48,10 +48,7 @@ def decode_image(data: bytes, name: str = "frame") -> np.ndarray:
                 decoded = _decode_colour_jpeg(data)
                 if decoded is not None and decoded.shape[:2] == (img.height, img.width):
                     return decoded
-            img.load()
-            # convert() copies even an RGB image; skipping it saves ~8% of a JPEG's decode.
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
+            return rgb_array(img)
     except (
         UnidentifiedImageError,
         OSError,
@@ -60,6 +57,18 @@ def decode_image(data: bytes, name: str = "frame") -> np.ndarray:
         Image.DecompressionBombError,
     ) as exc:
         raise LamflowError(f"{name}: cannot decode image ({exc})") from exc
+
+
+def rgb_array(img: Image.Image) -> np.ndarray:
+    """An opened PIL image, any mode -> (H, W, 3) uint8 RGB: how `decode_image` turns what PIL
+    decoded into a frame, for callers handed a PIL image rather than bytes (the CVAT function).
+
+    Loads the image fully; raises what PIL raises on a truncated file (decode_image wraps it).
+    """
+    img.load()
+    # convert() copies even an RGB image; skipping it saves ~8% of a JPEG's decode.
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _fast_jpeg_applies(img: Image.Image) -> bool:

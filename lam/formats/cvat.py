@@ -57,6 +57,17 @@ def _regions(label: np.ndarray, classes: ClassList) -> list[tuple[int, int, np.n
     return out
 
 
+def class_polygons(label: np.ndarray, classes: ClassList) -> list[tuple[int, np.ndarray]]:
+    """(H, W) uint8 class ids -> [(class id, (K, 2) int32 XY polygon)], in painting order.
+
+    One polygon per 4-connected region of a class (void left out), tracing its boundary pixels;
+    painted in this order (z_order = index), later regions over earlier ones, they rebuild the
+    map, labelled holes included (void holes are filled by the enclosing class). What the CVAT
+    XML export writes, and what the CVAT function returns when asked for polygons.
+    """
+    return [(cid, poly) for _, cid, poly in _regions(label, classes)]
+
+
 def labels_to_cvat_xml(
     frames: Sequence[tuple[str, np.ndarray | None]],
     classes: ClassList,
@@ -89,7 +100,7 @@ def labels_to_cvat_xml(
         img = ET.SubElement(root, "image", id=str(idx), name=name, width=str(w), height=str(h))
         if label is None:
             continue
-        for z, (_, cid, poly) in enumerate(_regions(label, classes)):
+        for z, (cid, poly) in enumerate(class_polygons(label, classes)):
             ET.SubElement(
                 img,
                 "polygon",

@@ -192,7 +192,8 @@ def _ran(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A copy of the working tree as a fresh clone (own git repo, no DVC cache), with an
-    8-frame CamVid val drop and `SMALL` params; data/seeds imported as `make data` does."""
+    8-frame CamVid val drop, the seed frames of `train.seeds` and `SMALL` params; no data/seeds
+    (git ignores it)."""
     if not (CAMVID / "classes.json").exists():
         pytest.skip(f"CamVid not found at {CAMVID}")
     if shutil.which("git") is None:
@@ -218,6 +219,10 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
         for path in sorted((CAMVID / "val" / split).iterdir())[:8]:
             shutil.copy(path, camvid / "val" / split / path.name)
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    for stem in params["train"]["seeds"]:  # what restore_seeds imports: train frames + labels
+        for split, suffix in (("images", ".jpg"), ("labels", ".png")):
+            (camvid / "train" / split).mkdir(parents=True, exist_ok=True)
+            shutil.copy(CAMVID / "train" / split / f"{stem}{suffix}", camvid / "train" / split)
     params["data"]["camvid"] = str(camvid)
     for section, values in SMALL.items():
         params[section].update(values)
@@ -235,26 +240,6 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     }
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
         _run(cmd, repo, env)
-    # `make data` without its venv step: the seeds from the full CamVid, as data/seeds.dvc has
-    _run(
-        [
-            "lamflow",
-            "stage",
-            "import_seeds",
-            "--source",
-            "camvid",
-            "--out",
-            "data/seeds",
-            "--images",
-            str(CAMVID / "train/images"),
-            "--labels",
-            str(CAMVID / "train/labels"),
-            "--classes",
-            str(CAMVID / "classes.json"),
-        ],
-        repo,
-        env,
-    )
     return repo, env
 
 
@@ -262,11 +247,16 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
 def test_dvc_dag_on_a_fresh_clone(clone: tuple[Path, dict[str, str]]) -> None:
     repo, env = clone
     dvc = ["dvc"]
-    status = _run([*dvc, "status", "data/seeds.dvc"], repo, env)
-    assert "modified" not in status, f"make data gave other bytes than data/seeds.dvc:\n{status}"
+    assert not (repo / "data/seeds").exists()  # a fresh clone: only data/seeds.dvc
 
+    # A plain `dvc repro`, no `make data` first: its first stage restores data/seeds (imported
+    # from the full CamVid, verified against data/seeds.dvc, committed into the cache).
     first = _run([*dvc, "repro"], repo, env)
-    assert _ran(first) == BEFORE_SEEDS | FROM_SEEDS
+    assert _ran(first) == {"restore_seeds"} | BEFORE_SEEDS | FROM_SEEDS
+    ran = [line for line in first.splitlines() if line.startswith("Running stage")]
+    assert ran[0] == "Running stage 'restore_seeds':"
+    assert '"restored_from": "import", "verified": true, "committed": true' in first
+    _run(["git", "diff", "--exit-code", "data/seeds.dvc"], repo, env)  # verified, not re-recorded
     assert (repo / "outputs/lamflow/dvc/export").is_dir()
     assert json.loads((repo / "outputs/lamflow/dvc/seed_set.json").read_text())["seeds"] == 6
 
