@@ -49,9 +49,7 @@ def fake_ls() -> Any:
     fake.close()
 
 
-def _backend(
-    root: Path, params: Params, fake: FakeLabelStudio | None, **kw: Any
-) -> LamflowBackend:
+def _backend(root: Path, params: Params, fake: FakeLabelStudio | None, **kw: Any) -> LamflowBackend:
     models = ModelFollower(root=str(root), batch_size=params.annotate.batch_size)
     client = LabelStudioClient(fake.url, TOKEN, timeout=10) if fake else None
     return LamflowBackend(models, params, client, str(root), **kw)
@@ -103,8 +101,13 @@ def test_predict_equals_annotate_and_a_bad_frame_fails_alone(
 
     frames = write_frames(tmp_path / "images", 6)
     fake_ls.files.update({f"7/{name}": data for name, data in frames.items()})
-    annotate(fleet["model"]["model"], str(tmp_path / "images"), str(tmp_path / "out"),
-             fleet["params"].annotate, progress=False)
+    annotate(
+        fleet["model"]["model"],
+        str(tmp_path / "images"),
+        str(tmp_path / "out"),
+        fleet["params"].annotate,
+        progress=False,
+    )
     tasks = [
         {"id": i + 1, "data": {"image": f"/data/upload/7/{name}"}}
         for i, name in enumerate(sorted(frames))

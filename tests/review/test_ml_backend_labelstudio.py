@@ -46,8 +46,13 @@ def test_label_studio_retrieves_predictions_and_annotations_become_seeds(
     root = tmp_path / "root"
     params, model = make_fleet(root)
     frames = write_frames(tmp_path / "images", 5)
-    annotate(model["model"], str(tmp_path / "images"), str(tmp_path / "out"), params.annotate,
-             progress=False)
+    annotate(
+        model["model"],
+        str(tmp_path / "images"),
+        str(tmp_path / "out"),
+        params.annotate,
+        progress=False,
+    )
     client = LabelStudioClient(labelstudio.url, labelstudio.creds.token, timeout=60)
     backend = LamflowBackend(
         ModelFollower(root=str(root), batch_size=params.annotate.batch_size),
@@ -55,12 +60,12 @@ def test_label_studio_retrieves_predictions_and_annotations_become_seeds(
         client,
         str(root),
     )
+    backend.models.current()  # as `lamflow ml-backend` does before it listens
     with serving(create_app(backend)) as url:
         project = client.ensure_project("ml-backend", labeling_config(CLASSES))
         names = sorted(frames)
         tasks = [
-            {"data": {"image": client.upload_image(project, name, frames[name])}}
-            for name in names
+            {"data": {"image": client.upload_image(project, name, frames[name])}} for name in names
         ]
         ids = client.import_tasks(project, tasks)  # no predictions
         client.connect_ml_backend(project, url)
