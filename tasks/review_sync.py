@@ -214,7 +214,8 @@ def pull_task(
     `state`: pulled.json as the caller read it (updated here and written back); None reads it
     afresh (a caller that runs beside the nightly pull).
     Returns {"status": "added", "seed": provenance} | {"status": "unchanged"} |
-    {"status": "skipped"} (cancelled: not a seed) | {"status": "rejected", "reason"}.
+    {"status": "skipped"} (cancelled: not a seed; "skipped before" once recorded) |
+    {"status": "rejected", "reason"}.
     """
     task_id = str(task["id"])
     data = task.get("data", {})
@@ -222,7 +223,7 @@ def pull_task(
     ann = _latest(task.get("annotations") or [])
     if ann is None:  # cancelled or skipped: not a seed
         if task_id in state["skipped"]:
-            return {"status": "unchanged"}
+            return {"status": "skipped before"}
         state["skipped"][task_id] = utc_now()
         write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
         return {"status": "skipped"}
@@ -324,7 +325,7 @@ def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> 
             rejected.append({"stem": stem, "task_id": int(t["id"]), "reason": outcome["reason"]})
         elif outcome["status"] == "skipped":
             skipped.append(int(t["id"]))
-        else:
+        elif outcome["status"] == "unchanged":
             unchanged += 1
     write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
     log.info(

@@ -282,3 +282,15 @@ def test_webhook_makes_one_seed_even_when_delivered_twice(
     label = np.array(Image.open(root / "seeds" / "labels" / "ls5_task17.png"))
     assert np.array_equal(label == 2, lab == 2) and np.array_equal(label == 1, lab == 1)
     assert [o["status"] for o in backend.pulled] == ["added", "unchanged"]
+
+
+def test_the_command_exits_with_one_line_when_the_model_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import main
+
+    assert main(["ml-backend", "--model", str(tmp_path / "nowhere")]) == 2
+    assert main(["ml-backend", "--root", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-2].startswith("lamflow: error: no model at ") and "config.json" in lines[-2]
+    assert lines[-1].startswith("lamflow: error: no model published at ")
