@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 
-from flows.state import model_pointer
+from tasks.model_pointer import published_model
 from lam.errors import LamflowError
 from lam.formats.cvat import class_polygons
 from lam.imageio import rgb_array
@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - cvat-sdk is pinned in requireme
 def published_model(root: str) -> str:
     """URL of the model directory the last nightly run under `root` labeled with (the pointer
     ROOT/state/model.json, written by flows.state.write_model_pointer)."""
-    url = str(model_pointer(root).get("model") or "")
+    url = str(published_model(root).get("model") or "")
     if not url:
         raise LamflowError(
             f"no published model under {root}: state/model.json is missing or names no model "

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from lam.cpu_memory import keep_freed_memory
 from lam.errors import LamflowError
 
-_COMMAND_MODULES = ("cli.stages", "cli.runs", "cli.tools", "cli.demo")
+_COMMAND_MODULES = ("cli.stages", "cli.runs", "cli.tools", "cli.demo", "cli.ml_backend")
 
 
 def _quiet_environment() -> None:

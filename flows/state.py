@@ -30,6 +30,7 @@ from typing import Any
 from lam.errors import LamflowError
 from lamflow.storage import create_exclusive, get_fs, join, safe_name, write_text_atomic
 from lamflow.timestamps import utc_now
+from tasks.model_pointer import publish_model, published_model
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,12 @@ def write_watermark(root: str, drives: list[str], run: str) -> None:
 
 def read_model_pointer(root: str) -> str:
     """Version of the model the last run labeled with ("" before the first run)."""
-    return str(model_pointer(root).get("model_version", ""))
-
-
-def model_pointer(root: str) -> dict[str, Any]:
-    """What `write_model_pointer` recorded: {"since", "model_version", "model" (the model
-    directory's URL), "seeds", "trained"}; {} before the first run."""
-    return _read_json(join(root, "state", "model.json")) or {}
+    return str(published_model(root).get("model_version", ""))
 
 
 def write_model_pointer(root: str, model: dict[str, Any]) -> None:
     """Record the model this run labels with (its version, directory and seed count)."""
-    keys = ("model_version", "model", "seeds", "trained")
-    data = {"since": utc_now(), **{k: model.get(k) for k in keys}}
-    write_text_atomic(join(root, "state", "model.json"), json.dumps(data))
+    publish_model(root, model)
 
 
 RUN_LEASES = "run_leases"  # folder of run-wide leases (a drive id cannot collide with them)

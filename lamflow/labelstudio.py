@@ -38,6 +38,22 @@ DEFAULT_PORT = 8080
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "make labelstudio-venv"
 _CREDENTIALS = "credentials.env"
+# Label Studio 1.23 refuses ML backends and webhooks on loopback and private networks (its
+# SSRF protection), and `lamflow ml-backend` runs on 127.0.0.1. We lift its default list and
+# ban all of it again but loopback: then any project's ML backend, webhook or storage URL may
+# reach services on this machine's loopback, and still nothing else private. Fine for a server
+# on 127.0.0.1 that only trusted users reach (docs/ml_backend.md, "Loopback").
+_STILL_BANNED = (
+    "0.0.0.0/8,10.0.0.0/8,100.64.0.0/10,169.254.0.0/16,172.16.0.0/12,192.0.0.0/24,"
+    "192.0.2.0/24,192.88.99.0/24,192.168.0.0/16,198.18.0.0/15,198.51.100.0/24,203.0.113.0/24,"
+    "224.0.0.0/4,233.252.0.0/24,240.0.0.0/4,255.255.255.255/32,::/128,::ffff:0:0/96,"
+    "::ffff:0:0:0/96,64:ff9b::/96,64:ff9b:1::/48,100::/64,2001:0000::/32,2001:20::/28,"
+    "2001:db8::/32,2002::/16,fc00::/7,fe80::/10,ff00::/8"
+)  # LS's default list (core/utils/io.py `validate_ip`) less 127.0.0.0/8 and ::1/128
+_LOOPBACK_ONLY = {
+    "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "false",
+    "LABEL_STUDIO_USER_ADDITIONAL_BANNED_SUBNETS": _STILL_BANNED,
+}
 
 
 def label_studio_binary() -> str:
@@ -126,6 +142,7 @@ class LabelStudioServer:
     port: int
     creds: Credentials
     proc: subprocess.Popen[bytes] | None = None
+    allow_loopback: bool = True  # ML backends / webhooks on 127.0.0.1 (`lamflow ml-backend`)
 
     @classmethod
     def with_free_port(cls, data_dir: Path) -> LabelStudioServer:
@@ -158,6 +175,7 @@ class LabelStudioServer:
             "LABEL_STUDIO_USERNAME": self.creds.username,
             "LABEL_STUDIO_PASSWORD": self.creds.password,
             "LABEL_STUDIO_USER_TOKEN": self.creds.token,
+            **(_LOOPBACK_ONLY if self.allow_loopback else {}),
         }
 
     def _command(self) -> list[str]:

@@ -100,8 +100,8 @@ class LabelStudioClient:
         return cls(env["LABEL_STUDIO_URL"], env["LABEL_STUDIO_API_KEY"])
 
     # -- transport ---------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One HTTP call -> decoded JSON body (None if empty), or one of our errors."""
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One HTTP call -> its 2xx response, or one of our errors."""
         where = f"{method} {path}"
         try:
             resp = self._session.request(
@@ -129,6 +129,12 @@ class LabelStudioClient:
             raise LabelStudioUnavailable(f"{where}: HTTP {status}: {_error_text(resp)}")
         if status >= 300:
             raise LabelStudioError(f"{where}: HTTP {status}: {_error_text(resp)}")
+        return resp
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One HTTP call -> decoded JSON body (None if empty), or one of our errors."""
+        resp = self._send(method, path, **kwargs)
+        where, status = f"{method} {path}", resp.status_code
         if not resp.content:
             return None
         try:
@@ -270,5 +276,25 @@ class LabelStudioClient:
             "POST",
             f"/api/tasks/{task_id}/annotations",
             json={"result": result, "was_cancelled": cancelled},
+        )
+        return int(body["id"])
+
+    def download(self, path: str) -> bytes:
+        """The bytes Label Studio serves at `path`, a URL of this server or relative to it
+        ("/data/upload/3/ab-frame.jpg", "/data/local-files/?d=drive/frame.jpg"): the
+        files of tasks, which need the token's user to have access to their project."""
+        if path.startswith(self.url + "/"):
+            path = path[len(self.url) :]
+        if not path.startswith("/"):
+            raise LabelStudioError(f"{path!r} is not a path on Label Studio at {self.url}")
+        return self._send("GET", path).content
+
+    def connect_ml_backend(self, project: int, url: str, title: str = "lamflow") -> int:
+        """Connect the ML backend at `url` to `project` (Label Studio checks its /health and
+        /setup first, and adds a webhook to url/webhook); returns the connection's id."""
+        body = self._request(
+            "POST",
+            "/api/ml",
+            json={"project": project, "url": url, "title": title, "is_interactive": False},
         )
         return int(body["id"])

@@ -25,8 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.formats.labelstudio import annotation_to_label, labeling_config, review_task
 from lam.imageio import IMAGE_SUFFIXES, decode_image, decode_label
@@ -182,6 +185,120 @@ def _frame(root: str, drive: str, stem: str, sha: str) -> tuple[str, bytes]:
     return url, data
 
 
+@dataclass
+class PulledFrame:
+    """What a finished task's frame becomes in the seed set: its seed stem, its bytes, their
+    format ("jpg" | "png"), where they were read (for messages) and provenance fields."""
+
+    stem: str
+    data: bytes
+    suffix: str
+    where: str
+    provenance: dict[str, Any]
+
+
+def pull_task(
+    root: str,
+    task: dict[str, Any],
+    class_list: ClassList,
+    project: int,
+    point_radius: int,
+    read_frame: Callable[[dict[str, Any]], PulledFrame],
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One Label Studio task with its `annotations` -> a seed of ROOT/seeds, at most once per
+    version of its latest annotation (the state in ROOT/review/pulled.json).
+
+    The nightly `review_pull` and the ML backend's webhook (tasks/ml_backend.py) both come
+    here, so an annotation seen by both is one seed. `read_frame(task)` finds the frame.
+    `state`: pulled.json as the caller read it (updated here and written back); None reads it
+    afresh (a caller that runs beside the nightly pull).
+    Returns {"status": "added", "seed": provenance} | {"status": "unchanged"} |
+    {"status": "skipped"} (cancelled: not a seed; "skipped before" once recorded) |
+    {"status": "rejected", "reason"}.
+    """
+    task_id = str(task["id"])
+    data = task.get("data", {})
+    state = _read_pulled(root) if state is None else state
+    ann = _latest(task.get("annotations") or [])
+    if ann is None:  # cancelled or skipped: not a seed
+        if task_id in state["skipped"]:
+            return {"status": "skipped before"}
+        state["skipped"][task_id] = utc_now()
+        write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
+        return {"status": "skipped"}
+    key = _annotation_key(ann)
+    if state["pulled"].get(task_id, {}).get("annotation") == key:
+        return {"status": "unchanged"}
+    try:
+        frame = read_frame(task)
+        height, width = decode_image(frame.data, frame.where).shape[:2]
+        label = annotation_to_label(
+            ann.get("result") or [], class_list, height, width, point_radius
+        )
+        record = add_seed(
+            seed_set_url(root),
+            frame.stem,
+            frame.data,
+            frame.suffix,
+            label,
+            class_list,
+            {
+                "source": "labelstudio",
+                **frame.provenance,
+                "project": project,
+                "task_id": int(task["id"]),
+                "annotation_id": ann.get("id"),
+                "annotator": ann.get("completed_by"),
+                "annotated_at": ann.get("updated_at") or ann.get("created_at"),
+            },
+        )
+    except LamflowError as exc:
+        reason = str(exc)
+        earlier = state["pulled"].get(task_id, {})
+        if earlier.get("status") == "seed":  # an edit that broke a good annotation
+            reason += f" (the seed {earlier.get('seed')} from its earlier annotation is kept)"
+        log.warning(
+            "review task %s (%s): annotation not used as a seed: %s",
+            task_id,
+            data.get("frame", ""),
+            reason,
+        )
+        state["pulled"][task_id] = {
+            **({"seed": earlier["seed"]} if earlier.get("status") == "seed" else {}),
+            "annotation": key,
+            "status": "seed" if earlier.get("status") == "seed" else "rejected",
+            "reason": reason,
+        }
+        write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
+        return {"status": "rejected", "reason": reason}
+    state["pulled"][task_id] = {"annotation": key, "status": "seed", "seed": record["stem"]}
+    # after every seed: a crash mid-pull does not pull (and report) the same seeds again
+    write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
+    return {"status": "added", "seed": record}
+
+
+def drop_frame(root: str) -> Callable[[dict[str, Any]], PulledFrame]:
+    """`read_frame` for the tasks `review_push` made: data.frame of drop data.drive, read from
+    ROOT/drops (never from Label Studio), checked against data.sha256."""
+
+    def read(task: dict[str, Any]) -> PulledFrame:
+        data = task.get("data", {})
+        stem, drive = str(data.get("frame", "")), str(data.get("drive", ""))
+        if not stem or not drive:
+            raise LamflowError("task data lacks frame/drive (not pushed by lamflow)")
+        url, image_bytes = _frame(root, drive, stem, str(data.get("sha256") or ""))
+        return PulledFrame(
+            seed_stem(drive, stem),
+            image_bytes,
+            url.rsplit(".", 1)[-1],
+            url,
+            {"drive": drive, "frame": stem},
+        )
+
+    return read
+
+
 def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> dict[str, Any]:
     """Turn finished Label Studio annotations into seeds of ROOT/seeds.
 
@@ -193,77 +310,23 @@ def review_pull(root: str, classes: str, params: ReviewParams | None = None) -> 
     class_list = load_classes(classes)
     client = _client(params)
     project = client.ensure_project(params.project, labeling_config(class_list))
+    read_frame = drop_frame(root)
     state = _read_pulled(root)
-    seeds = seed_set_url(root)
     added: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     skipped: list[int] = []
     unchanged = 0
     for t in client.finished_tasks(project):
-        task_id = str(t["id"])
-        data = t.get("data", {})
-        stem, drive, sha = (
-            str(data.get("frame", "")),
-            str(data.get("drive", "")),
-            data.get("sha256"),
-        )
-        ann = _latest(t.get("annotations") or [])
-        if ann is None:  # cancelled or skipped: not a seed
-            if task_id not in state["skipped"]:
-                skipped.append(int(t["id"]))
-                state["skipped"][task_id] = utc_now()
-            continue
-        key = _annotation_key(ann)
-        if state["pulled"].get(task_id, {}).get("annotation") == key:
+        outcome = pull_task(root, t, class_list, project, params.point_radius, read_frame, state)
+        if outcome["status"] == "added":
+            added.append(outcome["seed"])
+        elif outcome["status"] == "rejected":
+            stem = str(t.get("data", {}).get("frame", ""))
+            rejected.append({"stem": stem, "task_id": int(t["id"]), "reason": outcome["reason"]})
+        elif outcome["status"] == "skipped":
+            skipped.append(int(t["id"]))
+        elif outcome["status"] == "unchanged":
             unchanged += 1
-            continue
-        try:
-            if not stem or not drive:
-                raise LamflowError("task data lacks frame/drive (not pushed by lamflow)")
-            url, image_bytes = _frame(root, drive, stem, str(sha or ""))
-            height, width = decode_image(image_bytes, url).shape[:2]
-            label = annotation_to_label(
-                ann.get("result") or [], class_list, height, width, params.point_radius
-            )
-            record = add_seed(
-                seeds,
-                seed_stem(drive, stem),
-                image_bytes,
-                url.rsplit(".", 1)[-1],
-                label,
-                class_list,
-                {
-                    "source": "labelstudio",
-                    "drive": drive,
-                    "frame": stem,
-                    "project": project,
-                    "task_id": int(t["id"]),
-                    "annotation_id": ann.get("id"),
-                    "annotator": ann.get("completed_by"),
-                    "annotated_at": ann.get("updated_at") or ann.get("created_at"),
-                },
-            )
-        except LamflowError as exc:
-            reason = str(exc)
-            earlier = state["pulled"].get(task_id, {})
-            if earlier.get("status") == "seed":  # an edit that broke a good annotation
-                reason += f" (the seed {earlier.get('seed')} from its earlier annotation is kept)"
-            log.warning(
-                "review task %s (%s): annotation not used as a seed: %s", task_id, stem, reason
-            )
-            rejected.append({"stem": stem, "task_id": int(t["id"]), "reason": reason})
-            state["pulled"][task_id] = {
-                **({"seed": earlier["seed"]} if earlier.get("status") == "seed" else {}),
-                "annotation": key,
-                "status": "seed" if earlier.get("status") == "seed" else "rejected",
-                "reason": reason,
-            }
-            write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
-            continue
-        added.append(record)
-        state["pulled"][task_id] = {"annotation": key, "status": "seed", "seed": record["stem"]}
-        # after every seed: a crash mid-pull does not pull (and report) the same seeds again
-        write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
     write_text_atomic(_pulled_url(root), json.dumps(state, indent=1))
     log.info(
         "pulled %d seed(s) from Label Studio (%d rejected, %d skipped, %d already pulled)",

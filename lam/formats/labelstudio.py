@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -120,31 +122,102 @@ def brush_rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray
 
 
 def _brush_results(
-    stem: str, label: np.ndarray, classes: ClassList, from_name: str, to_name: str
+    stem: str,
+    label: np.ndarray,
+    classes: ClassList,
+    from_name: str,
+    to_name: str,
+    confidence: np.ndarray | None = None,
+    wanted: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """(H, W) uint8 ids -> one `brushlabels` result (0/255 RGBA brush RLE) per class present."""
+    """(H, W) uint8 ids -> one `brushlabels` result (0/255 RGBA brush RLE) per class present.
+
+    With `confidence` ((H, W) uint8, 255 = certain) each result also carries `score`, the mean
+    confidence of its pixels in [0, 1]. `wanted`: only these class names (a labeling config
+    that lists fewer classes than the model has); None = every class.
+    """
     h, w = label.shape
     results = []
     for cid in np.unique(label).tolist():
-        if cid == classes.ignore_index:
+        if cid == classes.ignore_index or (wanted is not None and classes.names[cid] not in wanted):
             continue
-        results.append(
-            {
-                "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stem}/{cid}").hex[:10],
-                "type": "brushlabels",
-                "from_name": from_name,
-                "to_name": to_name,
-                "original_width": w,
-                "original_height": h,
-                "image_rotation": 0,
-                "value": {
-                    "format": "rle",
-                    "rle": mask_to_brush_rle(label == cid),
-                    "brushlabels": [classes.names[cid]],
-                },
-            }
-        )
+        mask = label == cid
+        result: dict[str, Any] = {
+            "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stem}/{cid}").hex[:10],
+            "type": "brushlabels",
+            "from_name": from_name,
+            "to_name": to_name,
+            "original_width": w,
+            "original_height": h,
+            "image_rotation": 0,
+            "value": {
+                "format": "rle",
+                "rle": mask_to_brush_rle(mask),
+                "brushlabels": [classes.names[cid]],
+            },
+        }
+        if confidence is not None:
+            total = int(confidence[mask].sum(dtype=np.uint64))
+            result["score"] = round(total / max(1, int(mask.sum())) / 255.0, 6)
+        results.append(result)
     return results
+
+
+def prediction_results(
+    stem: str,
+    label: np.ndarray,
+    confidence: np.ndarray,
+    classes: ClassList,
+    target: BrushTarget,
+) -> list[dict[str, Any]]:
+    """A model's (H, W) uint8 class ids and confidences -> the `result` list of one Label
+    Studio prediction for the config's brush tag `target`: one region per class present that
+    the tag lists, each with `score` = the mean confidence of its pixels (0..1)."""
+    return _brush_results(
+        stem, label, classes, target.from_name, target.to_name, confidence, target.labels
+    )
+
+
+@dataclass(frozen=True)
+class BrushTarget:
+    """The brush tag of a labeling config: `<BrushLabels name=from_name toName=to_name>` with
+    its `<Label value=...>` names, on `<Image name=to_name value="$data_key">`."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[str, ...]
+
+
+def brush_target(label_config: str) -> BrushTarget:
+    """The first `<BrushLabels>` tag of a Label Studio labeling config (XML).
+
+    Raises LamflowError if the XML does not parse, has no BrushLabels tag, the tag lists no
+    label, or its toName is not an `<Image>` whose value is `$key`.
+    """
+    try:
+        root = ElementTree.fromstring(label_config)
+    except ElementTree.ParseError as exc:
+        raise LamflowError(f"labeling config is not valid XML: {exc}") from exc
+    brush = next(root.iter("BrushLabels"), None)
+    if brush is None:
+        tags = sorted({el.tag for el in root.iter()} - {"View", "Label"})
+        raise LamflowError(
+            f"labeling config has no <BrushLabels> tag (it has {', '.join(tags) or 'none'}): "
+            "lamflow predicts brush masks"
+        )
+    from_name, to_name = brush.get("name", ""), brush.get("toName", "")
+    labels = tuple(str(el.get("value", "")) for el in brush.iter("Label"))
+    if not labels:
+        raise LamflowError(f"<BrushLabels name={from_name!r}> lists no <Label>")
+    image = next((el for el in root.iter("Image") if el.get("name") == to_name), None)
+    value = image.get("value", "") if image is not None else ""
+    if not value.startswith("$"):
+        raise LamflowError(
+            f"<BrushLabels name={from_name!r}> points at toName={to_name!r}, which is not an "
+            '<Image value="$key"> of the config'
+        )
+    return BrushTarget(from_name, to_name, value[1:], labels)
 
 
 def labels_to_tasks(
