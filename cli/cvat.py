@@ -31,13 +31,13 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 
-from tasks.model_pointer import published_model
 from lam.errors import LamflowError
 from lam.formats.cvat import class_polygons
 from lam.imageio import rgb_array
 from lam.predictor import Annotator
 from lamflow.params import AnnotateParams
 from tasks.model_io import load_annotator
+from tasks.model_pointer import published_model as read_pointer
 
 try:
     import cvat_sdk.auto_annotation as cvataa
@@ -49,10 +49,10 @@ except ImportError as exc:  # pragma: no cover - cvat-sdk is pinned in requireme
     ) from exc
 
 
-def published_model(root: str) -> str:
+def published_model_dir(root: str) -> str:
     """URL of the model directory the last nightly run under `root` labeled with (the pointer
     ROOT/state/model.json, written by flows.state.write_model_pointer)."""
-    url = str(published_model(root).get("model") or "")
+    url = str(read_pointer(root).get("model") or "")
     if not url:
         raise LamflowError(
             f"no published model under {root}: state/model.json is missing or names no model "
@@ -127,4 +127,4 @@ def create(model: str = "", root: str = "", device: str = "auto") -> LamflowFunc
         raise ValueError(
             f"pass exactly one of model=DIR and root=ROOT (got model={model!r}, root={root!r})"
         )
-    return LamflowFunction(model or published_model(root), device=device)
+    return LamflowFunction(model or published_model_dir(root), device=device)

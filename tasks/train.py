@@ -172,8 +172,8 @@ def train(
     if mapping is not None and isinstance(net.adapter, ClassMapAdapter):
         mapping.record_fitted(net.adapter)
         # in config.json too, so the model directory says what it stands on and its terms
-        provenance = {k: v for k, v in weights_provenance(backbone).items() if k != "path"}
-        config.extra = {**config.extra, "class_map": mapping.as_dict(), "weights": provenance}
+        terms = {k: v for k, v in weights_provenance(backbone).items() if k != "path"}
+        config.extra = {**config.extra, "class_map": mapping.as_dict(), "weights": terms}
         log.info("class map in use (%s):\n%s", mapping.origin, mapping.table())
     version = save_model(out, net, config)
     # A class no seed pixel shows gets no training signal, so the model never predicts it
