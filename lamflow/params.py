@@ -85,7 +85,7 @@ class TrainParams(_Section):
     # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read.
     # 48 = what self_train was measured with on the folds (lam.adapt's max_frames)
     unlabeled_frames: int = Field(default=48, ge=0)
-    class_map_prior: float = Field(default=_TRAIN.class_map_prior, ge=0)
+    class_map_prior: float | None = Field(default=_TRAIN.class_map_prior, ge=0)
     class_map_fit_bias: bool = _TRAIN.class_map_fit_bias
 
     @field_validator("unlabeled_method")

@@ -140,3 +140,38 @@ def test_s3_credentials_from_a_prefect_secret_block(
     with pytest.raises(LamflowError, match="no Prefect Secret block 'no-such-block'"):
         s3_options()
     _block_credentials.cache_clear()
+
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "weights" / "edgenets"
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="no shared weights")
+def test_nightly_on_the_source_network_shows_its_class_map(
+    prefect_harness: None, tmp_path: Path, seed_set: Path
+) -> None:
+    """The product's default annotator (ESPNetv2 on Cityscapes, classes mapped by name onto
+    the synthetic world's sky/road/car) trains, labels a drop and reports its class map and
+    weights licence in the run's review-loop artifact."""
+    root = tmp_path / "root"
+    model = {
+        "backbone": "espnetv2_city",
+        "backbone_options": {"width": 1.0, "input_size": [64, 128]},
+        "out_stride": 2,
+        "optou_steps": 0,
+    }
+    params = write_params(tmp_path / "params.yaml", str(root), seed_set, model=model)
+    write_drop(str(root), "d1", 2)
+
+    result = _run(params)
+
+    assert result["trained"] and result["drops"]["d1"]["labeled"] == 2
+    config = json.loads((Path(result["model"]) / "config.json").read_text())
+    rows = {r["source_class"]: r["target"] for r in config["extra"]["class_map"]["rows"]}
+    assert rows["sky"] == "sky" and rows["road"] == "road" and rows["car"] == "car"
+    assert "non-commercial" in config["extra"]["weights"]["licence"]
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        loop = [a for a in client.read_artifacts() if a.key == "review-loop"]
+    assert any("Class map" in str(a.data) and "non-commercial" in str(a.data) for a in loop)
