@@ -59,12 +59,12 @@ def frames(tmp_path: Path) -> Path:
 def oracle(monkeypatch):
     detector = SceneDetector()
 
-    def build(params, vocabulary, classes):
+    def build(params, vocabulary, classes, model=None):
         table = PhraseTable(NAMES, class_phrases(NAMES, params.names))
         return GroundedSamSeeder(NAMES, classes.ignore_index, detector, BoxSam(), table)
 
     monkeypatch.setattr(stage, "build_seeder", build)
-    monkeypatch.setattr(stage, "check_models", lambda params: None)  # no model paths to check
+    monkeypatch.setattr(stage, "check_models", lambda params, model=None: None)  # no paths
     return detector
 
 
