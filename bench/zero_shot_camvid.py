@@ -18,7 +18,7 @@ by `evaluate`. Prints one JSON line per model and the seed labels' own accuracy.
 
 --frames 0 (default) uses params.yaml's train.seeds (6 frames, the nightly default); N > 0
 uses N frames evenly spaced over the 0001TP and 0006R0 frames of the train split.
-Measured here: see the numbers in docs/zero_shot.md (backend source_model).
+Measured (2-core CPU, CamVid val, default params): see docs/zero_shot.md, backend source_model.
 """
 
 from __future__ import annotations
