@@ -147,7 +147,7 @@ def test_lam_train_never_samples_zero_weight_pixels(tiny_backbone):
     (view,) = build_views(model, [image], [label], pixel_weights=[weight])
     import torch
 
-    _, ids, w = _sample_pixels([view], 500, 255, torch.Generator().manual_seed(0))
+    _, ids, w = _sample_pixels([view], 500, 255, torch.Generator().manual_seed(0), model.adapter)
     assert set(ids.tolist()) == {1} and torch.allclose(w, torch.full_like(w, 0.25))
     views = build_views(model, [image], [label], (0.5, 1.0), True, [weight])
     assert all(
