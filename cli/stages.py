@@ -77,8 +77,8 @@ _STAGES: dict[str, StageSpec] = {
     ),
     "zero_shot_seeds": StageSpec(
         "tasks.zero_shot_seeds:zero_shot_seeds",
-        "seed labels with no human: grounded_sam (detector + SAM) or maskclip (dense CLIP)",
-        {"params": "zero_shot_seeds", "vocabulary": "vocabulary"},
+        "seed labels with no human: grounded_sam, maskclip or source_model (zero-seed network)",
+        {"params": "zero_shot_seeds", "vocabulary": "vocabulary", "model": "model"},
         {"classes": "classes"},
     ),
     "import_seeds": StageSpec(

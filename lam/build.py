@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from lam.modeling.lam import LabelAnythingModel
 from lam.modeling.optou import OptOU
 from lam.registry import Registry
 from lam.settings import LamConfig
+
+if TYPE_CHECKING:
+    from lam.pretrained import PretrainedWeights
 
 BACKBONES = Registry("backbone")
 BACKBONES.register(
@@ -72,6 +75,22 @@ SOURCE_NETWORKS: dict[str, tuple[str, tuple[float, ...], str]] = {
 _DEFAULT_WIDTH = {"espnetv2_city": 2.0, "dicenet_city": 1.75, "espnetv2_pascal": 2.0}
 
 
+def source_network_weights(name: str, width: float | None = None) -> PretrainedWeights:
+    """The published weights (lam.pretrained.EDGENETS) of source network `name` at `width`
+    (default: the widest published). LamflowError for an unknown name or width."""
+    from lam.pretrained import EDGENETS
+
+    if name not in SOURCE_NETWORKS:
+        raise LamflowError(f"{name!r} is not a source network; known: {', '.join(SOURCE_NETWORKS)}")
+    _, widths, key = SOURCE_NETWORKS[name]
+    width = float(_DEFAULT_WIDTH[name] if width is None else width)
+    if width not in widths:
+        raise LamflowError(
+            f"backbone {name!r} has published weights for width {widths}, not {width}"
+        )
+    return EDGENETS[key.format(width=width)]
+
+
 def build_source_network(
     name: str,
     width: float | None = None,
@@ -88,15 +107,11 @@ def build_source_network(
     """
     from lam.modeling.source_network import SOURCE_TAXONOMIES, SourceNetworkBackbone
     from lam.modeling.state_loading import load_state_strict
-    from lam.pretrained import EDGENETS, load_state_dict_verified, resolve_weights
+    from lam.pretrained import load_state_dict_verified, resolve_weights
 
-    taxonomy, widths, key = SOURCE_NETWORKS[name]
+    taxonomy = SOURCE_NETWORKS[name][0]
+    spec = source_network_weights(name, width)
     width = float(_DEFAULT_WIDTH[name] if width is None else width)
-    if width not in widths:
-        raise LamflowError(
-            f"backbone {name!r} has published weights for width {widths}, not {width}"
-        )
-    spec = EDGENETS[key.format(width=width)]
     classes = SOURCE_TAXONOMIES[taxonomy]
     network: torch.nn.Module
     if name.startswith("dicenet"):

@@ -262,7 +262,7 @@ class ZeroShotSeedsParams(_Section):
     tagger and the LLM from its `llm*` keys, so one configuration serves both stages.
     """
 
-    backend: Literal["grounded_sam", "maskclip"] = "grounded_sam"
+    backend: Literal["grounded_sam", "maskclip", "source_model"] = "grounded_sam"
     detector_dir: str = ""  # grounded_sam: Grounding DINO or OWLv2 directory
     clip_dir: str = ""  # maskclip: CLIPModel directory
     sam: str = ""  # .pth (segment-anything) or SamModel directory; maskclip: optional auto masks
@@ -278,7 +278,13 @@ class ZeroShotSeedsParams(_Section):
     names: dict[str, list[str]] = Field(default_factory=dict)  # manual phrases per class
     short_side: int = Field(default=0, ge=0)  # maskclip input short side (0 = model size)
     points_per_side: int = Field(default=32, ge=1, le=128)  # maskclip SAM automatic masks
-    min_confidence: float = Field(default=0.5, ge=0, le=1)  # maskclip: below -> void pixel
+    min_confidence: float = Field(default=0.5, ge=0, le=1)  # maskclip, source_model: -> void
+    # source_model: a model directory (`train` output) labels the frames; "" = the zero-seed
+    # model of source_backbone ("" = model.backbone; a source network, e.g. espnetv2_city), its
+    # classes mapped by name or by source_vocabulary's source_mapping rows (a vocabulary.yaml)
+    source_model_dir: str = ""
+    source_backbone: str = ""
+    source_vocabulary: str = ""
     min_labelled_fraction: float = Field(default=0.2, ge=0, le=1)  # frames below: not used
     min_mean_confidence: float = Field(default=0.4, ge=0, le=1)  # frames below: not used
     max_frames: int = Field(default=0, ge=0)  # 0 = every frame; else evenly spaced subset

@@ -53,6 +53,7 @@ def ensure_seed_set(root: str, params: Params, progress: bool = False) -> str:
                 params.vocabulary,
                 stems=list(params.train.seeds) or None,
                 progress=progress,
+                model=params.model,
             )
             bootstrap_from_zero_shot(url, src["images"], out, classes)
         return url

@@ -3,25 +3,33 @@
 A source-network backbone (espnetv2_city, dicenet_city, espnetv2_pascal) labels another
 dataset's classes; training needs the map from those onto the target `classes.json` before it
 builds the model (it is the head's prior), and reports which map was used, where it came from
-and which weights (with their licence) the model stands on.
+and which weights (with their licence) the model stands on. The same zero-seed model labels
+frames for `zero_shot_seeds` (backend source_model: `zero_seed_model`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from lam.build import SOURCE_NETWORKS, LamConfig, build_backbone
+from lam.artifact import CONFIG_FILE, model_to_files
+from lam.build import SOURCE_NETWORKS, LamConfig, build_backbone, build_lam, source_network_weights
 from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.modeling.backbone import Backbone
 from lam.modeling.class_map import ClassMapAdapter
+from lam.modeling.lam import LabelAnythingModel
 from lam.modeling.source_network import SourceNetworkBackbone
+from lam.pretrained import downloads_allowed, resolve_weights
 from lam.vocabulary.taxonomy import UNMAPPED
-from lamflow.params import ModelParams
+from lamflow.params import ModelParams, ZeroShotSeedsParams
+from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from lamflow.weights import local_weights_path
 from tasks.source_mapping import source_mapping_for
 
+log = logging.getLogger(__name__)
 SOURCE_NETWORK_BACKBONES: tuple[str, ...] = tuple(SOURCE_NETWORKS)
 
 
@@ -122,3 +130,86 @@ def build_config(
 def weights_provenance(backbone: Backbone | None) -> dict[str, str]:
     """The weights file, sha256, source URL and licence note of a source-network backbone."""
     return dict(getattr(backbone, "provenance", {}) or {})
+
+
+def zero_seed_model_params(zs: ZeroShotSeedsParams, model: ModelParams) -> ModelParams:
+    """The params the source_model backend builds its zero-seed model from: `model`, with
+    `zs.source_backbone` as backbone when that is set and differs (then with that network's
+    default options: `model.backbone_options` and `model.weights` belong to model.backbone)."""
+    if not zs.source_backbone or zs.source_backbone == model.backbone:
+        return model
+    return model.model_copy(
+        update={"backbone": zs.source_backbone, "backbone_options": {}, "weights": ""}
+    )
+
+
+def check_zero_seed_model(zs: ZeroShotSeedsParams, model: ModelParams) -> None:
+    """One-line LamflowError, before any frame is read, when the source_model backend cannot
+    label: no model at `source_model_dir`; else a backbone that is no source network, a
+    `source_vocabulary` that does not exist, or (downloads off) weights found nowhere."""
+    key = "zero_shot_seeds"
+    if zs.source_model_dir:
+        if not exists(join(zs.source_model_dir, CONFIG_FILE)):
+            raise LamflowError(
+                f"{key}.source_model_dir: no model at {zs.source_model_dir} "
+                f"({CONFIG_FILE} not found)"
+            )
+        return
+    params = zero_seed_model_params(zs, model)
+    if params.backbone not in SOURCE_NETWORKS:
+        raise LamflowError(
+            f"source_model needs a source network to build the zero-seed model: set "
+            f"{key}.source_backbone (or model.backbone, now {params.backbone!r}) to one of "
+            f"{', '.join(SOURCE_NETWORKS)}, or {key}.source_model_dir to a model directory "
+            "(docs/zero_shot.md)"
+        )
+    if zs.source_vocabulary and not exists(zs.source_vocabulary):
+        raise LamflowError(f"{key}.source_vocabulary: {zs.source_vocabulary} does not exist")
+    explicit = params.weights or params.backbone_options.get("weights")
+    if not downloads_allowed() and (not explicit or "://" not in str(explicit)):
+        spec = source_network_weights(params.backbone, params.backbone_options.get("width"))
+        resolve_weights(spec, str(explicit) if explicit else None, download=False)
+
+
+def zero_seed_model_key(zs: ZeroShotSeedsParams, model: ModelParams) -> dict[str, object]:
+    """What the source_model backend's labels depend on besides `zs` and the class list: the
+    model directory's version, or the zero-seed model's params and the vocabulary's bytes."""
+    if zs.source_model_dir:
+        config = json.loads(read_bytes(join(zs.source_model_dir, CONFIG_FILE)))
+        return {"model_version": str(config.get("version", ""))}
+    key: dict[str, object] = {"model": zero_seed_model_params(zs, model).model_dump(mode="json")}
+    if zs.source_vocabulary:
+        key["vocabulary_sha256"] = sha256_bytes(read_bytes(zs.source_vocabulary))
+    return key
+
+
+def zero_seed_model(
+    zs: ZeroShotSeedsParams, model: ModelParams, class_list: ClassList
+) -> tuple[LabelAnythingModel, list[str], str, dict[str, object]]:
+    """The model the source_model backend labels with: (model, its class names in id order,
+    its version, provenance for the report).
+
+    From `zs.source_model_dir` when set (any trained model directory); else the zero-seed
+    model `train --no-seeds` builds: the source network with its classes mapped onto
+    `class_list` by name, or by `zs.source_vocabulary`'s rows, no label read.
+    """
+    if zs.source_model_dir:
+        from tasks.model_io import load_model
+
+        net, config = load_model(zs.source_model_dir)
+        names = list(config.class_list.names)
+        return net, names, config.version, {"model_dir": zs.source_model_dir}
+    params = zero_seed_model_params(zs, model)
+    config, backbone, mapping = build_config(params, class_list, zs.source_vocabulary or None)
+    if mapping is None:  # check_zero_seed_model ran first: only a changed registry gets here
+        raise LamflowError(f"backbone {params.backbone!r} built no source network")
+    net = build_lam(config, backbone=backbone, seed=0).eval()
+    model_to_files(net, config)  # sets config.version: the model's content hash, as saved
+    version = config.version
+    log.info("zero-seed model %s, class map (%s):\n%s", version, mapping.origin, mapping.table())
+    provenance: dict[str, object] = {
+        "backbone": params.backbone,
+        "class_map": mapping.as_dict(),
+        "weights": weights_provenance(backbone),
+    }
+    return net, list(class_list.names), version, provenance

@@ -1,13 +1,14 @@
 """Stage `zero_shot_seeds`: frames + a class list -> seed labels with no human input.
 
-For each frame `images/STEM.*` the configured backend (lam/zero_shot: `grounded_sam` or
-`maskclip`) writes, under `out`:
+For each frame `images/STEM.*` the configured backend (lam/zero_shot: `grounded_sam`,
+`maskclip` or `source_model`) writes, under `out`:
 
     labels/STEM.png        class ids, void where the backend is unsure (used frames only)
     confidence/STEM.png    per-pixel confidence x 255 (uint8; 0 on void), read by `train`
     rejected/STEM.png      the label of a frame that was not used, kept for inspection
     records/STEM.json      frame sha256, backend version, params, stats, what the models said
-    report.json            used and rejected frames (with the reason), class pixels, seconds
+    report.json            used and rejected frames (with the reason), seconds; source_model:
+                           the model's version, class map and weights (with their licence)
 
 A frame is *used* only if at least `min_labelled_fraction` of its pixels are labelled and
 their mean confidence is at least `min_mean_confidence`; other frames are reported, not used,
@@ -33,7 +34,7 @@ from lam.sampling import evenly_spaced
 from lam.zero_shot import ZERO_SHOT
 from lam.zero_shot.refinement import class_phrases
 from lam.zero_shot.result import SeedLabel, ZeroShotSeeder
-from lamflow.params import VocabularyParams, ZeroShotSeedsParams
+from lamflow.params import ModelParams, VocabularyParams, ZeroShotSeedsParams
 from lamflow.storage import (
     exists,
     get_fs,
@@ -50,15 +51,22 @@ log = logging.getLogger(__name__)
 REPORT = "report.json"
 
 
-def check_models(params: ZeroShotSeedsParams) -> None:
+def check_models(params: ZeroShotSeedsParams, model: ModelParams | None = None) -> None:
     """Fail before any frame is read if the backend's model paths are unset or wrong.
 
-    One line naming the params key: `zero_shot_seeds.detector_dir`, `.sam` or `.clip_dir`.
+    One line naming the params key: `zero_shot_seeds.detector_dir`, `.sam` or `.clip_dir`;
+    for source_model `.source_model_dir`, or `.source_backbone` / `model.backbone` when
+    neither names a source network (tasks.source_model.check_zero_seed_model).
     """
     from lam.zero_shot.model_dir import check_model_dir
     from lam.zero_shot.sam import check_sam
 
     key = "zero_shot_seeds"
+    if params.backend == "source_model":
+        from tasks.source_model import check_zero_seed_model
+
+        check_zero_seed_model(params, model or ModelParams())
+        return
     if params.backend == "grounded_sam":
         if not params.detector_dir:
             raise LamflowError(
@@ -81,11 +89,32 @@ def check_models(params: ZeroShotSeedsParams) -> None:
 
 
 def build_seeder(
-    params: ZeroShotSeedsParams, vocabulary: VocabularyParams, classes: ClassList
+    params: ZeroShotSeedsParams,
+    vocabulary: VocabularyParams,
+    classes: ClassList,
+    model: ModelParams | None = None,
 ) -> ZeroShotSeeder:
-    """The backend named by params.backend, with the vocabulary's tagger and LLM if asked."""
+    """The backend named by params.backend, with the vocabulary's tagger and LLM if asked;
+    source_model: around the model `tasks.source_model.zero_seed_model` builds or loads."""
     from tasks.vocabulary import build_llm, build_tagger
 
+    factory = ZERO_SHOT.get(params.backend)
+    if params.backend == "source_model":
+        from tasks.source_model import zero_seed_model
+
+        net, model_names, model_version, provenance = zero_seed_model(
+            params, model or ModelParams(), classes
+        )
+        return factory(
+            list(classes.names),
+            classes.ignore_index,
+            model=net,
+            model_names=model_names,
+            model_version=model_version,
+            device=params.device,
+            min_confidence=params.min_confidence,
+            provenance=provenance,
+        )
     llm = build_llm(vocabulary) if params.use_llm and params.backend == "grounded_sam" else None
     tagger = build_tagger(vocabulary) if llm is not None and params.tags else None
     captioner = None
@@ -126,7 +155,6 @@ def build_seeder(
             "min_confidence": params.min_confidence,
             "points_per_side": params.points_per_side,
         }
-    factory = ZERO_SHOT.get(params.backend)
     return factory(list(classes.names), classes.ignore_index, **options)
 
 
@@ -135,10 +163,12 @@ def record_key(
     params: ZeroShotSeedsParams,
     vocabulary: VocabularyParams,
     classes: ClassList,
+    model_key: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a frame's seed label depends on: its bytes, the class list, the backend's params
-    (not `device`, which changes no answer on purpose) and, when grounded_sam asks an LLM,
-    the vocabulary section that configures the LLM and the tagger."""
+    (not `device`, which changes no answer on purpose), when grounded_sam asks an LLM the
+    vocabulary section that configures the LLM and the tagger, and for source_model
+    `model_key` (tasks.source_model.zero_seed_model_key: the model's version or params)."""
     key: dict[str, Any] = {
         "image_sha256": image_sha256,
         "params": params.model_dump(exclude={"skip_existing", "max_frames", "device"}),
@@ -146,6 +176,8 @@ def record_key(
     }
     if params.backend == "grounded_sam" and params.use_llm and vocabulary.llm:
         key["vocabulary"] = vocabulary.model_dump(exclude={"max_frames"})
+    if params.backend == "source_model":
+        key["source_model"] = model_key or {}
     return key
 
 
@@ -189,6 +221,7 @@ def zero_shot_seeds(
     vocabulary: VocabularyParams | None = None,
     stems: list[str] | None = None,
     progress: bool = True,
+    model: ModelParams | None = None,
 ) -> dict[str, Any]:
     """Label frames of `images` with the zero-shot backend; write seed labels under `out`.
 
@@ -199,6 +232,8 @@ def zero_shot_seeds(
         params: the `zero_shot_seeds` section; vocabulary: the `vocabulary` section (tagger
             and LLM settings the grounded_sam backend reuses).
         stems: only these frames (default: all, or `max_frames` evenly spaced).
+        model: the `model` section: source_model builds its zero-seed model from it (with
+            `params.source_backbone` as backbone when set) unless `params.source_model_dir`.
     Returns:
         the report (also `out/report.json`): used / rejected / skipped frames, seconds.
     """
@@ -206,7 +241,12 @@ def zero_shot_seeds(
     vocabulary = vocabulary or VocabularyParams()
     started = time.perf_counter()
     class_list = load_classes(classes)
-    check_models(params)
+    check_models(params, model)
+    model_key = None
+    if params.backend == "source_model":
+        from tasks.source_model import zero_seed_model_key
+
+        model_key = zero_seed_model_key(params, model or ModelParams())
     class_phrases(list(class_list.names), params.names)  # zero_shot_seeds.names: known classes
     frames = list_images(images)
     if stems:
@@ -225,7 +265,7 @@ def zero_shot_seeds(
     seeder: ZeroShotSeeder | None = None  # built at the first frame that is not skipped
     for stem, url in tqdm(frames, desc="zero_shot_seeds", unit="frame", disable=not progress):
         data = read_bytes(url)
-        key = record_key(sha256_bytes(data), params, vocabulary, class_list)
+        key = record_key(sha256_bytes(data), params, vocabulary, class_list, model_key)
         rec_url = join(out, "records", f"{stem}.json")
         if params.skip_existing and exists(rec_url):
             try:
@@ -253,7 +293,7 @@ def zero_shot_seeds(
             log.warning("zero-shot seeds: %s", reason)
             continue
         if seeder is None:
-            seeder = build_seeder(params, vocabulary, class_list)
+            seeder = build_seeder(params, vocabulary, class_list, model)
         version = seeder.version
         result = seeder.label_frame(image)
         class_list.check_label(result.label)
@@ -291,6 +331,11 @@ def zero_shot_seeds(
         "skipped": skipped,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    model_provenance = getattr(seeder, "provenance", None)  # source_model: class map, weights
+    if seeder is None and exists(join(out, REPORT)):  # nothing relabelled: keep what it said
+        model_provenance = json.loads(read_bytes(join(out, REPORT))).get("model")
+    if model_provenance:
+        report["model"] = model_provenance
     write_text_atomic(join(out, REPORT), json.dumps(report, indent=2))
     if rejected:
         log.warning(

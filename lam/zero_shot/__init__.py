@@ -1,7 +1,9 @@
 """Zero-shot seed labels: frames + a class list -> labels with no human (lam.zero_shot.*).
 
 ZERO_SHOT names the backends (lazy, see lam.registry); each entry is a factory
-`build(names, ignore_index, **options) -> ZeroShotSeeder` (lam.zero_shot.result).
+`build(names, ignore_index, **options) -> ZeroShotSeeder` (lam.zero_shot.result). Backends:
+grounded_sam (detector + SAM), maskclip (dense CLIP), source_model (a segmentation model,
+usually the zero-seed mapped source network).
 """
 
 from __future__ import annotations
@@ -20,4 +22,9 @@ ZERO_SHOT.register(
     "lam.zero_shot.maskclip:build_maskclip",
     "pip install transformers (and a local CLIP directory)",
     requires=["transformers"],
+)
+ZERO_SHOT.register(
+    "source_model",
+    "lam.zero_shot.source_model:build_source_model",
+    "nothing to install: a source-network backbone's weights (lam.pretrained) or a model dir",
 )

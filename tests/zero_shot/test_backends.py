@@ -27,6 +27,7 @@ from tests.zero_shot.tiny_models import (
     save_tiny_clip,
     save_tiny_grounding_dino,
     save_tiny_hf_sam,
+    save_tiny_lam,
     save_tiny_owlv2,
     tiny_segment_anything_sam,
 )
@@ -43,6 +44,7 @@ def models(tmp_path_factory):
         "owlv2": save_tiny_owlv2(root / "owlv2"),
         "gdino": save_tiny_grounding_dino(root / "gdino"),
         "sam": save_tiny_hf_sam(root / "sam"),
+        "lam": save_tiny_lam(root / "lam"),
     }
 
 
@@ -212,6 +214,7 @@ def test_every_registered_backend_runs_through_the_real_stage(backend, models, t
     paths = {
         "grounded_sam": {"detector_dir": str(models["owlv2"]), "sam": str(models["sam"])},
         "maskclip": {"clip_dir": str(models["clip"]), "short_side": 32},
+        "source_model": {"source_model_dir": str(models["lam"])},
     }[backend]
     params = ZeroShotSeedsParams(
         backend=backend,

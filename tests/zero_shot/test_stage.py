@@ -59,12 +59,12 @@ def frames(tmp_path: Path) -> Path:
 def oracle(monkeypatch):
     detector = SceneDetector()
 
-    def build(params, vocabulary, classes):
+    def build(params, vocabulary, classes, model=None):
         table = PhraseTable(NAMES, class_phrases(NAMES, params.names))
         return GroundedSamSeeder(NAMES, classes.ignore_index, detector, BoxSam(), table)
 
     monkeypatch.setattr(stage, "build_seeder", build)
-    monkeypatch.setattr(stage, "check_models", lambda params: None)  # no model paths to check
+    monkeypatch.setattr(stage, "check_models", lambda params, model=None: None)  # no paths
     return detector
 
 
@@ -147,7 +147,7 @@ def test_lam_train_never_samples_zero_weight_pixels(tiny_backbone):
     (view,) = build_views(model, [image], [label], pixel_weights=[weight])
     import torch
 
-    _, ids, w = _sample_pixels([view], 500, 255, torch.Generator().manual_seed(0))
+    _, ids, w = _sample_pixels([view], 500, 255, torch.Generator().manual_seed(0), model.adapter)
     assert set(ids.tolist()) == {1} and torch.allclose(w, torch.full_like(w, 0.25))
     views = build_views(model, [image], [label], (0.5, 1.0), True, [weight])
     assert all(

@@ -28,6 +28,7 @@ __all__ = [
     "save_tiny_clip",
     "save_tiny_grounding_dino",
     "save_tiny_hf_sam",
+    "save_tiny_lam",
     "save_tiny_owlv2",
     "tiny_segment_anything_sam",
 ]
@@ -479,3 +480,16 @@ def tiny_segment_anything_sam():
         ),
     )
     return sam.eval()
+
+
+def save_tiny_lam(path: Path, names: tuple[str, ...] = ("sky", "road", "car")) -> Path:
+    """A lamflow model directory (config.json + head.safetensors) for the class list `names`
+    (ignore id 255): the packaged EfficientNet-Lite0 backbone with an untrained linear head,
+    what the source_model backend loads from `zero_shot_seeds.source_model_dir`."""
+    from lam.build import LamConfig, build_lam
+    from tasks.model_io import save_model
+
+    classes = {"ignore_index": 255, "classes": [{"id": i, "name": n} for i, n in enumerate(names)]}
+    config = LamConfig(classes=classes, backbone="efficientnet_lite0")
+    save_model(str(path), build_lam(config, seed=0), config)
+    return path
