@@ -341,10 +341,11 @@ def fit_head_on_views(
     sw = torch.cat(sample_weight) if weighted else None
     all_feats, all_ids = torch.cat(feats), torch.cat(ids)
     if isinstance(model.adapter, ClassMapAdapter):
-        # where the source classes fall on the seeds' labels, shrunk towards the name map
-        model.adapter.estimate(
-            all_feats, all_ids, settings.class_map_prior, torch.cat(sample_weight)
-        )
+        if settings.class_map_prior is not None:
+            # where the source classes fall on the seeds' labels, shrunk towards the name map
+            model.adapter.estimate(
+                all_feats, all_ids, settings.class_map_prior, torch.cat(sample_weight)
+            )
         if not settings.class_map_fit_bias:
             model.adapter.bias.requires_grad_(False)
     losses = _fit_adapter(model, all_feats, all_ids, weights, settings, sw)
