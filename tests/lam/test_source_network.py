@@ -182,3 +182,45 @@ def test_inference_copy_folds_batchnorm_and_gives_the_same_logits():
     images = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(fast(images)[0], backbone(images)[0], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("prior", [None, 100.0])
+def test_training_fits_the_bias_and_keeps_or_estimates_the_map(prior: float | None):
+    """Seeds fit the class map head's biases; the name map stays unless class_map_prior asks
+    for it to be re-estimated from the seed pixels (manual rows never are)."""
+    from lam.settings import TrainSettings
+    from lam.train import train_head
+    from tests.conftest import make_scene
+
+    classes = {"ignore_index": 255, "classes": [
+        {"id": 0, "name": "sky", "color": [0, 0, 255]},
+        {"id": 1, "name": "road", "color": [128, 64, 128]},
+        {"id": 2, "name": "car", "color": [255, 0, 0]},
+    ]}  # fmt: skip
+    torch.manual_seed(0)
+    backbone = SourceNetworkBackbone(
+        ESPNetv2Segmentation(1.0, 20).eval(), CITYSCAPES_CLASSES, "cityscapes", (64, 96)
+    )
+    config = LamConfig(
+        classes=classes,
+        backbone="espnetv2_city",
+        source_mapping={"sky": "sky", "road": "road", "car": "car", "truck": "car"},
+        source_mapping_manual=["truck"],
+        optou_steps=0,
+        out_stride=2,
+    )
+    model = build_lam(config, backbone=backbone)
+    before = model.adapter.mapping_matrix().clone()
+    scenes = [make_scene(i) for i in range(2)]
+    settings = TrainSettings(class_map_prior=prior, scales=(1.0,), hflip=False)
+    report = train_head(model, [s[0] for s in scenes], [s[1] for s in scenes], 255, settings)
+    assert report.final_loss == report.final_loss  # finite: the bias was fitted
+    assert model.adapter.bias.abs().sum() > 0
+    after = model.adapter.mapping_matrix()
+    truck = CITYSCAPES_CLASSES.index("truck")
+    assert torch.equal(after[:, truck], before[:, truck])  # manual: never moved
+    if prior is None:
+        assert torch.equal(after, before)
+    else:
+        assert not torch.equal(after, before)
+        assert torch.all(after.sum(0) <= 1 + 1e-5)
