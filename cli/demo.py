@@ -64,6 +64,9 @@ def _demo(args: argparse.Namespace) -> int:
         params.train,
     )
     print(f"      model {summary['model_version']} in {summary['seconds']}s", file=sys.stderr)
+    if summary.get("weights"):  # a source network: say what its weights allow
+        weights = summary["weights"]
+        print(f"      weights {weights['file']}: {weights['licence']}", file=sys.stderr)
     print("[2/3] labeling the val drive (0016E5, never seen in training)", file=sys.stderr)
     ann = params.annotate.model_copy(update={"write_overlays": 8})
     result = annotate(str(out / "model"), str(camvid / "val/images"), str(out / "val"), ann)
