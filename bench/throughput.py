@@ -14,9 +14,9 @@ decoded frames: the whole model (backbone, head, OptOU, full-resolution label an
 with no reading, decoding, encoding or writing, so `ratio_predict_paired` is the ceiling of
 `ratio_paired` on this machine and the gap between the two is annotate's I/O. The output
 folder a pass wrote is deleted after its clock stops. backbone_unoptimised = the model's own
-`extract` (the plain timm forward), for reference. Passes are interleaved and each rate is the
-median over repeats; the `*_paired` ratios are medians of per-repeat ratios (back-to-back
-passes), so a drift of the machine's speed hits both sides. Prints JSON (--out writes it).
+`extract` (its own forward, no folding), for reference. Passes are interleaved and each
+rate is the median over repeats; the `*_paired` ratios are medians of per-repeat ratios
+(back-to-back passes), so a drift of the machine's speed hits both sides. Prints JSON (--out writes it).
 
     .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 48] [--batch 4]
         [--seed STEM | --untrained] [--out F]
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no CamVid at {root} (set --camvid or LAMFLOW_CAMVID)", file=sys.stderr)
         return 2
     params = load_params(args.params, args.set)
-    if args.backbone:
+    if args.backbone and args.backbone != params.model.backbone:
+        # another network: params' options (width, input_size) belong to the configured one
+        params.model.backbone_options = {}
         params.model.backbone = args.backbone
     # the model section of params.yaml, as `train` builds it (a source network's class map
     # from the class names, its weights found and checked)

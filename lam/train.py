@@ -257,6 +257,19 @@ def _fit_adapter(
     return losses
 
 
+@torch.no_grad()
+def _anchor_unseen_biases(adapter: ClassMapAdapter, seen: torch.Tensor) -> None:
+    """Give the classes no seed shows the mean bias of the classes the seeds show.
+
+    The seeds carry no evidence about an unseen class except as a competitor, so the fit
+    drives its bias down without limit (a mapped class would then never be predicted, though
+    the source network knows it); the mean of the fitted biases is the neutral choice.
+    seen: (C,) bool.
+    """
+    if seen.any() and not seen.all():
+        adapter.bias[~seen] = adapter.bias[seen].mean()
+
+
 def _fit_optou(
     model: LabelAnythingModel,
     views: Sequence[View],
@@ -349,6 +362,8 @@ def fit_head_on_views(
         if not settings.class_map_fit_bias:
             model.adapter.bias.requires_grad_(False)
     losses = _fit_adapter(model, all_feats, all_ids, weights, settings, sw)
+    if isinstance(model.adapter, ClassMapAdapter) and settings.class_map_fit_bias:
+        _anchor_unseen_biases(model.adapter, counts > 0)
     if progress is not None:
         progress(1, 2, losses[-1] if losses else float("nan"))
     labelled = [v for i, v in enumerate(views) if view_weights is None or view_weights[i] >= 1.0]

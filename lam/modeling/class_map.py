@@ -28,8 +28,7 @@ class ClassMapAdapter(nn.Module):
     column a person set (manual rows: seeds never change them). Parameter: `bias` (C,).
     """
 
-    pos_bumps = 0  # the trainer's pixel sampler asks adapters for their positional basis
-    is_linear = False
+    is_linear = False  # not an affine map of features: set_linear-style fits do not apply
 
     def __init__(
         self,
@@ -46,8 +45,17 @@ class ClassMapAdapter(nn.Module):
                 f"class map prior has shape {tuple(prior.shape)}, "
                 f"expected (classes, sources) = {(num_classes, num_sources)}"
             )
-        if (prior < 0).any() or (prior.sum(0) > 1 + 1e-5).any():
-            raise ValueError("class map prior columns must be non-negative and sum to at most 1")
+        sums = prior.sum(0)
+        if (prior < 0).any() or (sums > 1 + 1e-5).any():
+            bad = (
+                int(torch.argmax(sums))
+                if (sums > 1 + 1e-5).any()
+                else int((prior < 0).any(0).nonzero()[0])
+            )
+            raise ValueError(
+                f"class map prior column {bad} is {prior[:, bad].tolist()}: columns must be "
+                "non-negative and sum to at most 1"
+            )
         fixed = torch.zeros(num_sources, dtype=torch.bool) if fixed is None else fixed.bool()
         self.register_buffer("prior", prior.clone())
         self.register_buffer("mapping", prior.clone())
@@ -77,7 +85,7 @@ class ClassMapAdapter(nn.Module):
     def forward(self, taps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         source = taps[0]
         if tuple(source.shape[-2:]) != tuple(size):
-            # antialiased: the network's grid is usually finer than the output grid
+            # antialiased: the network's grid may be finer than the output grid on a side
             source = F.interpolate(
                 source.float(), size=size, mode="bilinear", align_corners=False, antialias=True
             )

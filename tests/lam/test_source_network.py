@@ -224,3 +224,34 @@ def test_training_fits_the_bias_and_keeps_or_estimates_the_map(prior: float | No
     else:
         assert not torch.equal(after, before)
         assert torch.all(after.sum(0) <= 1 + 1e-5)
+
+
+def test_a_mapped_class_no_seed_shows_keeps_a_neutral_bias():
+    """Seeds without any 'car' pixel must not drive car's bias to -inf: the network still
+    knows cars, and the map sends them to 'car'."""
+    from lam.settings import TrainSettings
+    from lam.train import train_head
+    from tests.conftest import make_scene
+
+    classes = {"ignore_index": 255, "classes": [
+        {"id": 0, "name": "sky", "color": [0, 0, 255]},
+        {"id": 1, "name": "road", "color": [128, 64, 128]},
+        {"id": 2, "name": "car", "color": [255, 0, 0]},
+    ]}  # fmt: skip
+    torch.manual_seed(0)
+    backbone = SourceNetworkBackbone(
+        ESPNetv2Segmentation(1.0, 20).eval(), CITYSCAPES_CLASSES, "cityscapes", (64, 96)
+    )
+    config = LamConfig(
+        classes=classes,
+        backbone="espnetv2_city",
+        source_mapping={"sky": "sky", "road": "road", "car": "car"},
+        optou_steps=0,
+        out_stride=2,
+    )
+    model = build_lam(config, backbone=backbone)
+    image, label = make_scene(0)
+    label[label == 2] = 1  # no car pixel in the seed
+    train_head(model, [image], [label], 255, TrainSettings(scales=(1.0,), hflip=False))
+    bias = model.adapter.bias
+    assert torch.isclose(bias[2], bias[:2].mean())
