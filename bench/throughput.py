@@ -16,7 +16,8 @@ with no reading, decoding, encoding or writing, so `ratio_predict_paired` is the
 folder a pass wrote is deleted after its clock stops. backbone_unoptimised = the model's own
 `extract` (its own forward, no folding), for reference. Passes are interleaved and each
 rate is the median over repeats; the `*_paired` ratios are medians of per-repeat ratios
-(back-to-back passes), so a drift of the machine's speed hits both sides. Prints JSON (--out writes it).
+(back-to-back passes), so a drift of the machine's speed hits both sides. Prints JSON
+(--out writes it).
 
     .venv/bin/python bench/throughput.py [--camvid PATH] [--frames 48] [--batch 4]
         [--seed STEM | --untrained] [--out F]
