@@ -14,11 +14,13 @@ of the code is our own. Inputs are ImageNet-normalised RGB (see `lam.modeling.so
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# The bottom-up decoder is the one EdgeNets shares between ESPNetv2 and DiCENet (same blocks,
+# same state-dict keys): written once, in lam/modeling/dicenet.py.
+from lam.modeling.dicenet import GatedProjection, PyramidContextBlock
 
 # Output channels of level1..level4 per width multiplier (the paper's Table 1 family).
 ESPNETV2_CHANNELS: dict[float, tuple[int, int, int, int]] = {
@@ -185,101 +187,6 @@ class ESPNetv2Encoder(nn.Module):
         return [l1, l2, l3, l4]
 
 
-class ChannelShuffle(nn.Module):
-    """(B, g * n, H, W) -> the same channels interleaved across the g groups."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-class DecoderCBR(nn.Module):
-    """The decoder's conv -> BN -> PReLU, stored as one Sequential (keys: cbr.0/1/2)."""
-
-    def __init__(self, c_in: int, c_out: int, k: int, groups: int = 1) -> None:
-        super().__init__()
-        self.cbr = nn.Sequential(
-            nn.Conv2d(c_in, c_out, k, 1, (k - 1) // 2, bias=False, groups=groups),
-            nn.BatchNorm2d(c_out),
-            nn.PReLU(c_out),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cbr(x)
-
-
-class DecoderBR(nn.Module):
-    """The decoder's BN -> PReLU as one Sequential (keys: br.0/1)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.br = nn.Sequential(nn.BatchNorm2d(channels), nn.PReLU(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.br(x)
-
-
-class PyramidPoolBlock(nn.Module):
-    """Efficient pyramid pooling: a depth-wise 3x3 applied at 5 scales of a projected map.
-
-    (B, c_in, h, w) -> (B, c_out, h, w). Scales above 1 up-sample before the convolution and
-    pool back; scales below pool first and up-sample after; each side is at least 5 cells.
-    """
-
-    SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
-
-    def __init__(self, c_in: int, proj: int, c_out: int, last: bool = False) -> None:
-        super().__init__()
-        n = len(self.SCALES)
-        self.projection_layer = DecoderCBR(c_in, proj, 1)
-        self.stages = nn.ModuleList(
-            nn.Conv2d(proj, proj, 3, 1, 1, bias=False, groups=proj) for _ in range(n)
-        )
-        self.merge_layer = nn.Sequential(
-            DecoderBR(proj * n),
-            ChannelShuffle(n),
-            DecoderCBR(proj * n, proj, 3, groups=proj),
-            nn.Conv2d(proj, c_out, 1, bias=last),
-        )
-        self.br = None if last else DecoderBR(c_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.projection_layer(x)
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        outs = []
-        for scale, conv in zip(self.SCALES, self.stages):
-            size = (max(5, math.ceil(h * scale)), max(5, math.ceil(w * scale)))
-            if scale < 1.0:
-                y = conv(F.adaptive_avg_pool2d(x, size))
-                y = F.interpolate(y, (h, w), mode="bilinear", align_corners=True)
-            elif scale > 1.0:
-                y = conv(F.interpolate(x, size, mode="bilinear", align_corners=True))
-                y = F.adaptive_avg_pool2d(y, (h, w))
-            else:
-                y = conv(x)
-            outs.append(y)
-        out = self.merge_layer(torch.cat(outs, 1))
-        return out if self.br is None else self.br(out)
-
-
-class GatedSkip(nn.Module):
-    """Encoder skip: a grouped 3x3 expansion gated per channel by the map's global average."""
-
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.wt_layer = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, c_out, 1, bias=False), nn.Sigmoid()
-        )
-        self.expansion_layer = DecoderCBR(c_in, c_out, 3, groups=math.gcd(c_in, c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expansion_layer(x) * self.wt_layer(x)
-
-
 class ESPNetv2Segmentation(nn.Module):
     """ESPNetv2 encoder + bottom-up decoder.
 
@@ -296,13 +203,13 @@ class ESPNetv2Segmentation(nn.Module):
         base = 16  # decoder width of the Cityscapes and PASCAL releases
         dec = (4 * base, 3 * base, 2 * base)
         proj = min(num_classes // 2, base)
-        self.bu_dec_l1 = PyramidPoolBlock(c4, proj, dec[0])
-        self.bu_dec_l2 = PyramidPoolBlock(dec[0], proj, dec[1])
-        self.bu_dec_l3 = PyramidPoolBlock(dec[1], proj, dec[2])
-        self.bu_dec_l4 = PyramidPoolBlock(dec[2], proj, num_classes, last=True)
-        self.merge_enc_dec_l2 = GatedSkip(c3, dec[0])
-        self.merge_enc_dec_l3 = GatedSkip(c2, dec[1])
-        self.merge_enc_dec_l4 = GatedSkip(c1, dec[2])
+        self.bu_dec_l1 = PyramidContextBlock(c4, proj, dec[0])
+        self.bu_dec_l2 = PyramidContextBlock(dec[0], proj, dec[1])
+        self.bu_dec_l3 = PyramidContextBlock(dec[1], proj, dec[2])
+        self.bu_dec_l4 = PyramidContextBlock(dec[2], proj, num_classes, final=True)
+        self.merge_enc_dec_l2 = GatedProjection(c3, dec[0])
+        self.merge_enc_dec_l3 = GatedProjection(c2, dec[1])
+        self.merge_enc_dec_l4 = GatedProjection(c1, dec[2])
         self.bu_br_l2 = nn.Sequential(nn.BatchNorm2d(dec[0]), nn.PReLU(dec[0]))
         self.bu_br_l3 = nn.Sequential(nn.BatchNorm2d(dec[1]), nn.PReLU(dec[1]))
         self.bu_br_l4 = nn.Sequential(nn.BatchNorm2d(dec[2]), nn.PReLU(dec[2]))
