@@ -96,8 +96,9 @@ class TrainSettings:
     # it is; a number re-estimates it from the seed pixels, the name map counting as that many
     # pixels. Then a per-class bias is fitted on the seeds (class-balanced CE) if fit_bias.
     # On the cross-drive folds (6 seeds / + 4 same-drive frames, cached logits, docs/
-    # annotator.md) re-estimating lost 1.3-3.5 points to the name map at any strength
-    # (300-3000; 0 = seeds alone lost 4-8), and the bias gained 0.5-1.6 with power 0.25.
+    # annotator.md) re-estimating tied with the name map at strengths 300-3000 (within 0.7)
+    # and lost 2-3 points from the seeds alone (0); the bias at power 0.25 gained 1.1 in the
+    # loop case (+ 4 same-drive frames) and lost 0.4 with other-drive seeds only.
     class_map_prior: float | None = None
     class_map_fit_bias: bool = True
 
