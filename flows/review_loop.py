@@ -249,6 +249,13 @@ def class_map_markdown(model: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {row['source_class']} | {row['target']} | {row['row_source']} | {fitted} |"
         )
+    biases = class_map.get("biases") or {}
+    if any(biases.values()):
+        lines += [
+            "",
+            "**Bias per class** (from the seeds): "
+            + ", ".join(f"{k} {v:+.2f}" for k, v in biases.items()),
+        ]
     if weights:
         lines += ["", f"**Weights:** `{weights.get('file')}` ({weights.get('licence')})."]
     return [*lines, ""]

@@ -42,6 +42,7 @@ class ClassMapInUse:
     rows: dict[str, str]  # source class -> target class or 'unmapped'
     row_sources: dict[str, str]  # source class -> 'manual', 'embedding', ...
     fitted: dict[str, dict[str, float]] = field(default_factory=dict)
+    biases: dict[str, float] = field(default_factory=dict)  # target class -> fitted bias
 
     def mapped_targets(self) -> set[str]:
         return {t for t in self.rows.values() if t != UNMAPPED}
@@ -50,6 +51,7 @@ class ClassMapInUse:
         """Keep, per source class, the target classes its mass went to after training (the
         seeds move it from the name map; weights >= 0.05 only, rounded)."""
         names = self._targets
+        self.biases = {n: round(float(b), 3) for n, b in zip(names, adapter.bias.tolist())}
         for s, source in enumerate(self.rows):
             column = adapter.mapping_matrix()[:, s].tolist()
             self.fitted[source] = {names[c]: round(w, 3) for c, w in enumerate(column) if w >= 0.05}
@@ -67,6 +69,7 @@ class ClassMapInUse:
                 }
                 for s, t in self.rows.items()
             ],
+            "biases": self.biases,
         }
 
     def table(self) -> str:
@@ -77,6 +80,11 @@ class ClassMapInUse:
             fitted = ", ".join(f"{k} {v:.2f}" for k, v in self.fitted.get(s, {}).items())
             line = f"  {s:<{width}} -> {t} ({self.row_sources.get(s, '')})"
             lines.append(line + (f"  fitted: {fitted}" if fitted else ""))
+        if any(self.biases.values()):
+            lines.append(
+                "  bias per target class (from the seeds): "
+                + ", ".join(f"{k} {v:+.2f}" for k, v in self.biases.items())
+            )
         return "\n".join(lines)
 
     _targets: list[str] = field(default_factory=list, repr=False)
