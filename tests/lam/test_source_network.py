@@ -184,6 +184,20 @@ def test_inference_copy_folds_batchnorm_and_gives_the_same_logits():
         assert torch.allclose(fast(images)[0], backbone(images)[0], atol=1e-3, rtol=1e-3)
 
 
+_TINY_CLASSES = {"ignore_index": 255, "classes": [
+    {"id": 0, "name": "sky", "color": [0, 0, 255]},
+    {"id": 1, "name": "road", "color": [128, 64, 128]},
+    {"id": 2, "name": "car", "color": [255, 0, 0]},
+]}  # fmt: skip
+
+
+def _tiny_source_backbone() -> SourceNetworkBackbone:
+    """A randomly initialised ESPNetv2 s=1.0 on a 64x96 input (no weight file needed)."""
+    torch.manual_seed(0)
+    net = ESPNetv2Segmentation(1.0, 20).eval()
+    return SourceNetworkBackbone(net, CITYSCAPES_CLASSES, "cityscapes", (64, 96))
+
+
 @pytest.mark.parametrize("prior", [None, 100.0])
 def test_training_fits_the_bias_and_keeps_or_estimates_the_map(prior: float | None):
     """Seeds fit the class map head's biases; the name map stays unless class_map_prior asks
@@ -192,15 +206,8 @@ def test_training_fits_the_bias_and_keeps_or_estimates_the_map(prior: float | No
     from lam.train import train_head
     from tests.conftest import make_scene
 
-    classes = {"ignore_index": 255, "classes": [
-        {"id": 0, "name": "sky", "color": [0, 0, 255]},
-        {"id": 1, "name": "road", "color": [128, 64, 128]},
-        {"id": 2, "name": "car", "color": [255, 0, 0]},
-    ]}  # fmt: skip
-    torch.manual_seed(0)
-    backbone = SourceNetworkBackbone(
-        ESPNetv2Segmentation(1.0, 20).eval(), CITYSCAPES_CLASSES, "cityscapes", (64, 96)
-    )
+    classes = _TINY_CLASSES
+    backbone = _tiny_source_backbone()
     config = LamConfig(
         classes=classes,
         backbone="espnetv2_city",
@@ -233,15 +240,8 @@ def test_a_mapped_class_no_seed_shows_keeps_a_neutral_bias():
     from lam.train import train_head
     from tests.conftest import make_scene
 
-    classes = {"ignore_index": 255, "classes": [
-        {"id": 0, "name": "sky", "color": [0, 0, 255]},
-        {"id": 1, "name": "road", "color": [128, 64, 128]},
-        {"id": 2, "name": "car", "color": [255, 0, 0]},
-    ]}  # fmt: skip
-    torch.manual_seed(0)
-    backbone = SourceNetworkBackbone(
-        ESPNetv2Segmentation(1.0, 20).eval(), CITYSCAPES_CLASSES, "cityscapes", (64, 96)
-    )
+    classes = _TINY_CLASSES
+    backbone = _tiny_source_backbone()
     config = LamConfig(
         classes=classes,
         backbone="espnetv2_city",
