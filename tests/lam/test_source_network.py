@@ -17,6 +17,7 @@ from lam.modeling.espnetv2 import ESPNetv2Segmentation, branch_dilations
 from lam.modeling.source_network import CITYSCAPES_CLASSES, SourceNetworkBackbone
 from lam.modeling.state_loading import load_state_strict
 from lam.settings import LamConfig
+from tests.hand_maps import CITYSCAPES_TO_CAMVID
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / ".." / "shared" / "weights" / "edgenets"
@@ -25,13 +26,7 @@ needs_weights = pytest.mark.skipif(
     not (WEIGHTS / "espnetv2_s_2.0_city_1024x512.pth").is_file(), reason="no shared weights"
 )
 # The hand map of shared/weights/README.md (Cityscapes -> CamVid)
-HAND = {
-    "road": "road", "sidewalk": "sidewalk", "building": "building", "wall": "building",
-    "fence": "fence", "pole": "pole", "traffic light": "sign", "traffic sign": "sign",
-    "vegetation": "tree", "terrain": "tree", "sky": "sky", "person": "pedestrian",
-    "rider": "bicyclist", "car": "car", "truck": "car", "bus": "car", "train": "car",
-    "motorcycle": "bicyclist", "bicycle": "bicyclist",
-}  # fmt: skip
+HAND = CITYSCAPES_TO_CAMVID
 
 
 def test_branch_dilations_follow_the_receptive_limits():

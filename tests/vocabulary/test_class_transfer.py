@@ -27,19 +27,14 @@ from lam.vocabulary.wordnet import WordNetNouns, find_wordnet_dir
 from lamflow.params import VocabularyParams
 from tasks.source_mapping import FROM_NAMES, source_mapping_for
 from tasks.vocabulary import vocabulary
+from tests.hand_maps import CITYSCAPES_TO_CAMVID
 
 CAMVID = [
     "sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car",
     "pedestrian", "bicyclist",
 ]  # fmt: skip
 # The lead's hand map (shared/weights/README.md: ESPNetv2 61.2 mIoU on CamVid val with it).
-HAND_MAP = {
-    "road": "road", "sidewalk": "sidewalk", "building": "building", "wall": "building",
-    "fence": "fence", "pole": "pole", "traffic light": "sign", "traffic sign": "sign",
-    "vegetation": "tree", "terrain": "tree", "sky": "sky", "person": "pedestrian",
-    "rider": "bicyclist", "car": "car", "truck": "car", "bus": "car", "train": "car",
-    "motorcycle": "bicyclist", "bicycle": "bicyclist",
-}  # fmt: skip
+HAND_MAP = CITYSCAPES_TO_CAMVID
 
 
 @pytest.fixture(scope="module")
