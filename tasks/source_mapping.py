@@ -68,6 +68,7 @@ def source_mapping_for(
     target_classes: Sequence[str],
     vocabulary_url: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
+    wordnet_dir: str | None = None,
 ) -> tuple[list[MappingRow], str]:
     """The source -> target rows to use, and where they came from.
 
@@ -76,6 +77,7 @@ def source_mapping_for(
         source_classes: its class names in output-channel order.
         target_classes: the target classes.json's names, in id order.
         vocabulary_url: a vocabulary.yaml (`--vocabulary FILE`), or None.
+        threshold, wordnet_dir: for proposing from names (`propose_from_names`).
     Returns:
         (one row per source class in `source_classes` order, origin): origin is
         "vocabulary URL" when the file has rows for `taxonomy` (taken as written, manual rows
@@ -89,7 +91,8 @@ def source_mapping_for(
     if stored is None:
         if vocabulary_url:
             log.info("%s has no %s source mapping; proposing from names", vocabulary_url, taxonomy)
-        return propose_from_names(taxonomy, source_classes, target_classes, threshold), FROM_NAMES
+        rows = propose_from_names(taxonomy, source_classes, target_classes, threshold, wordnet_dir)
+        return rows, FROM_NAMES
     check_rows(stored, source_classes, target_classes)
     by_class = {r.synset: r for r in stored}
     extra = sorted(set(by_class) - set(source_classes))
@@ -98,7 +101,7 @@ def source_mapping_for(
     missing = [c for c in source_classes if c not in by_class]
     origin = f"vocabulary {vocabulary_url}"
     if missing:
-        proposed = propose_from_names(taxonomy, missing, target_classes, threshold)
+        proposed = propose_from_names(taxonomy, missing, target_classes, threshold, wordnet_dir)
         by_class.update({r.synset: r for r in proposed})
         origin += f" ({len(missing)} class(es) from class names: {', '.join(missing)})"
     return [by_class[c] for c in source_classes], origin

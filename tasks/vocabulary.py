@@ -114,9 +114,9 @@ def _previous_doc(out: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _previous_mapping(out: str) -> list[dict[str, Any]]:
-    """Mapping rows of an existing output (for manual corrections), [] if none or unreadable."""
-    rows = (_previous_doc(out) or {}).get("mapping", [])
+def _previous_mapping(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Mapping rows of an existing output (for manual corrections), [] if none."""
+    rows = (previous or {}).get("mapping", [])
     return rows if isinstance(rows, list) else []
 
 
@@ -226,7 +226,8 @@ def vocabulary(
     elif any(s.wnids for s in synsets):
         log.warning("no WordNet database found (apt install wordnet-base); no hypernyms")
     mapping: list[MappingRow] = map_synsets(synsets, targets, embedder.embed, params.map_threshold)
-    merge_manual(mapping, _previous_mapping(out))
+    previous = _previous_doc(out)
+    merge_manual(mapping, _previous_mapping(previous))
     if llm is not None and targets and params.llm_refine_mapping:
         refine_mapping_with_llm(mapping, targets, llm)
     doc: dict[str, Any] = {
@@ -258,8 +259,10 @@ def vocabulary(
         "synsets": _synset_rows(synsets),
         "mapping": [asdict(m) for m in mapping],
     }
+    if previous and previous.get("source_mapping"):  # a person's rows outlive any re-run
+        doc["source_mapping"] = previous["source_mapping"]
     if source_taxonomy and targets:
-        _add_source_mapping(doc, _previous_doc(out), source_taxonomy, params)
+        _add_source_mapping(doc, previous, source_taxonomy, params)
     _write(out, doc)
     doc["seconds"] = round(time.perf_counter() - started, 2)
     _publish_artifact(doc)

@@ -283,5 +283,9 @@ def test_vocabulary_stage_writes_the_source_mapping(embed, camvid, tmp_path):
     stored = yaml.safe_load(out.read_text())
     assert read_source_mapping(stored, "pascal_voc") is not None
     assert (read_source_mapping(stored, "cityscapes") or [])[9].source == "manual"
+    # a run without --source-taxonomy keeps the tables (and their manual rows) as they are
+    vocabulary(*args, progress=False)
+    kept = yaml.safe_load(out.read_text())
+    assert kept[SOURCE_KEY] == stored[SOURCE_KEY]
     with pytest.raises(LamflowError, match="source taxonomy 'kitti' is unknown"):
         vocabulary(*args, progress=False, source_taxonomy="kitti")
