@@ -37,9 +37,10 @@ class StageSpec:
         option is not given on the command line.
     options: function argument -> option name, where the argument's own name reads badly on a
         command line (`fmt` -> `--format`).
-    unless: function argument -> another argument that, when given, turns the first one's
-        params default off (`train --seed-set DIR` trains on that set, not also on the
-        seeds of params.yaml).
+    unless: function argument -> other arguments; when one of them is given, the first one's
+        params default is off (`train --seed-set DIR` trains on that set, and
+        `train --no-seeds` on nothing, not also on the seeds of params.yaml).
+    option_help: function argument -> its help line on the command line.
     """
 
     target: str
@@ -47,7 +48,8 @@ class StageSpec:
     sections: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
-    unless: dict[str, str] = field(default_factory=dict)
+    unless: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    option_help: dict[str, str] = field(default_factory=dict)
     internal: tuple[str, ...] = ()  # arguments for callers in code, not the command line
 
 
@@ -101,7 +103,16 @@ _STAGES: dict[str, StageSpec] = {
         "train the annotator from seed frames (or a seed set)",
         {"model": "model", "settings": "train"},
         {**_SEEDS, "seeds": "train.seeds"},
-        unless={"seeds": "seed_set"},
+        unless={"seeds": ("seed_set", "no_seeds")},
+        option_help={
+            "no_seeds": "build the mapped source-network model from no labelled frame "
+            "(not even params' train.seeds)",
+            "vocabulary": "a vocabulary.yaml whose source_mapping rows map the source "
+            "network's classes (corrections there win; default: proposed from the names)",
+            "seed_set": "train on every seed of this seed set, not on params' train.seeds",
+            "unlabeled": "folders of the drops to label (labels never read); see "
+            "train.unlabeled_method",
+        },
     ),
     "adapt": StageSpec(
         "tasks.adapt:adapt",
@@ -241,12 +252,19 @@ def _add_stage_options(parser: argparse.ArgumentParser, spec: StageSpec, fn: Cal
         opt = f"--{spec.options.get(pname, pname).replace('_', '-')}"
         required = param.default is inspect.Parameter.empty and pname not in spec.defaults
         fallback = f" (default: params {spec.defaults[pname]})" if pname in spec.defaults else ""
+        fallback = f"{spec.option_help.get(pname, '')}{fallback}"
         if tp is bool and opt.startswith("--no-"):  # `no_seeds` -> --no-seeds, a plain flag
             # (BooleanOptionalAction would read any --no-... option as False)
-            parser.add_argument(opt, dest=pname, action="store_true", default=None)
+            parser.add_argument(
+                opt, dest=pname, action="store_true", default=None, help=fallback.strip()
+            )
         elif tp is bool:
             parser.add_argument(
-                opt, dest=pname, action=argparse.BooleanOptionalAction, default=None
+                opt,
+                dest=pname,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=fallback.strip(),
             )
         elif typing.get_origin(tp) is dict or tp is dict:
             parser.add_argument(
@@ -255,7 +273,7 @@ def _add_stage_options(parser: argparse.ArgumentParser, spec: StageSpec, fn: Cal
                 type=_json_object,
                 default=None,
                 required=required,
-                help=f"a JSON object{fallback}",
+                help=f"a JSON object{fallback}".strip(),
             )
         elif _is_list(tp):
             parser.add_argument(
@@ -288,8 +306,8 @@ def run_stage(name: str, options: dict[str, Any], params: Params) -> Any:
         elif options.get(pname) is not None:
             kwargs[pname] = options[pname]
         elif pname in spec.defaults:
-            other = spec.unless.get(pname)
-            if other is None or options.get(other) in (None, "", []):
+            others = spec.unless.get(pname, ())
+            if all(options.get(other) in (None, "", [], False) for other in others):
                 kwargs[pname] = _param_value(params, spec.defaults[pname])
             else:  # the other option replaces this default (a list argument becomes empty)
                 kwargs[pname] = []

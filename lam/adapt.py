@@ -22,10 +22,10 @@ import torch
 from torch.nn import functional as F
 
 from lam.errors import LamflowError
+from lam.head_fit import TrainReport, View, build_views, fit_head_on_views
 from lam.modeling.lam import LabelAnythingModel
 from lam.sampling import evenly_spaced
 from lam.settings import AdaptSettings
-from lam.train import TrainReport, View, build_views, fit_head_on_views
 
 
 @dataclass
@@ -114,7 +114,7 @@ def adapt_to_frames(
         frames: unlabelled frames of the drop, (H, W, 3) uint8; only their pixels are used.
         ignore_index: void id.
         settings: hyperparameters.
-        seed_views: the seeds' views as `lam.train.build_views` made them for the seed fit
+        seed_views: the seeds' views as `lam.head_fit.build_views` made them for the seed fit
             (with settings.train's scales/flip and any per-pixel weights); built from
             seed_images/seed_labels, unweighted, when None.
     Returns:

@@ -96,8 +96,9 @@ def train(
             `seeds` that the set also holds is taken from the set.
         no_seeds: build the model from no labelled frame at all: a source-network backbone
             (espnetv2_city, ...) with its classes mapped onto `classes` by name or by
-            `vocabulary` (`seeds` and `seed_set` must then be empty; the params' seed list
-            is not used). Zero seeds must be said: `seeds` defaults to train.seeds.
+            `vocabulary` (`seeds` and `seed_set` must then be empty: the CLI then drops the
+            params' seed list, and seeds given with it are an error, not ignored). Zero seeds
+            must be said: `seeds` defaults to train.seeds.
         vocabulary: URL of a vocabulary.yaml whose `source_mapping` rows map the source
             network's classes onto `classes` (a person's corrections there win); without it
             the map is proposed from the class names. Only for source-network backbones.
@@ -115,6 +116,9 @@ def train(
     if no_seeds:
         if seed_set:
             raise LamflowError(f"--no-seeds and a seed set ({seed_set}) exclude each other")
+        if seeds:
+            shown = ", ".join(seeds[:3]) + (", ..." if len(seeds) > 3 else "")
+            raise LamflowError(f"--no-seeds and {len(seeds)} seed(s) ({shown}) exclude each other")
     else:
         seed_images, seed_labels, provenance, weights = _load_seeds(
             images, labels, seeds, class_list, confidence, seed_set

@@ -109,6 +109,25 @@ def test_train_annotate_evaluate(scene_folder: Path, model_dir: Path, tmp_path: 
     assert again["skipped"] == 6 and again["labeled"] == 0
 
 
+def test_train_no_seeds_drops_the_params_seeds_and_refuses_seeds_given_with_it(
+    scene_folder: Path, tmp_path: Path, capsys
+):
+    """params.yaml lists train.seeds; `--no-seeds` must not quietly train on them, and seeds
+    given on the command line beside it are an error naming them, not ignored."""
+    common = ["train", "--images", str(scene_folder / "images")]
+    common += ["--labels", str(scene_folder / "labels"), "--classes"]
+    common += [str(scene_folder / "classes.json")]
+    capsys.readouterr()
+    code = main([*common, "--no-seeds", "--seeds", "drive1_0000", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "--no-seeds" in err and "drive1_0000" in err
+    assert not (tmp_path / "a").exists()
+    assert main([*common, "--no-seeds", "--out", str(tmp_path / "b")]) == 0
+    report = json.loads((tmp_path / "b" / "train_report.json").read_text())
+    assert report["seeds"] == [] and report["class_map"]["origin"]
+
+
 def test_train_warns_about_classes_no_seed_shows(scene_folder: Path, tmp_path: Path, capsys):
     """A seed without any car pixel: the model cannot learn 'car', and train says so (a
     warning on the `tasks.train` logger, which the CLI prints on stderr) and in its JSON and

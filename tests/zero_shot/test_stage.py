@@ -137,7 +137,7 @@ def test_train_weights_pixels_by_confidence(frames, oracle, tmp_path):
 
 def test_lam_train_never_samples_zero_weight_pixels(tiny_backbone):
     from lam.build import LamConfig, build_lam
-    from lam.train import _sample_pixels, build_views
+    from lam.head_fit import _sample_pixels, build_views
 
     config = LamConfig(classes=TINY_CLASSES)
     model = build_lam(config, backbone=tiny_backbone)
