@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from lam.modeling.backbone import Backbone, EfficientNetBackbone
 from lam.modeling.source_network import SourceNetworkBackbone
+from lam.source_fusion import fold_decoder_norms, fuse_pyramid_blocks
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -241,7 +242,9 @@ def inference_backbone(backbone: Backbone) -> Backbone:
     EfficientNet backbones get every BatchNorm folded into the convolution before it, timm's
     dynamic 'SAME' padding replaced by a cheaper pad, ReLU6 fused into the conv before it
     (one oneDNN pass on CPU), and the input normalisation folded into the stem conv (all exact
-    up to float rounding). Source networks (ESPNetv2, DiCENet) get their BatchNorms folded.
+    up to float rounding). Source networks (ESPNetv2, DiCENet) get their BatchNorms folded
+    and their decoder's pyramid blocks rewritten without the channel shuffle
+    (lam.source_fusion).
     Other backbones are returned as a plain eval-mode copy. The original
     module (and its state dict) is left untouched.
     """
@@ -258,4 +261,6 @@ def inference_backbone(backbone: Backbone) -> Backbone:
     elif isinstance(fast, SourceNetworkBackbone):
         with torch.no_grad():  # ESPNetv2's conv -> BN pairs (its BN -> PReLU pairs stay)
             fold_batchnorm(fast)
+            fold_decoder_norms(fast.network)
+            fuse_pyramid_blocks(fast)
     return fast

@@ -26,7 +26,7 @@ The published file stores its tensors on CUDA: read it with
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -132,22 +132,28 @@ class PyramidContextBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.projection_layer(x)
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        branches = []
-        for scale, conv in zip(_PYRAMID_SCALES, self.stages):
-            side = (_scaled_side(h, scale), _scaled_side(w, scale))
-            if scale > 1.0:
-                up = F.interpolate(x, size=side, mode="bilinear", align_corners=True)
-                branches.append(F.adaptive_avg_pool2d(conv(up), (h, w)))
-            elif scale < 1.0:
-                down = conv(F.adaptive_avg_pool2d(x, side))
-                branches.append(
-                    F.interpolate(down, size=(h, w), mode="bilinear", align_corners=True)
-                )
-            else:
-                branches.append(conv(x))
-        out = self.merge_layer(torch.cat(branches, dim=1))
+        out = self.merge_layer(torch.cat(list(pyramid_branches(x, self.stages)), dim=1))
         return out if self.br is None else self.br(out)
+
+
+def pyramid_branches(x: torch.Tensor, stages: nn.ModuleList) -> Iterator[torch.Tensor]:
+    """The pyramid's branches of a projected (B, p, H, W) map, each (B, p, H, W), in order.
+
+    Branch k resamples the grid by `_PYRAMID_SCALES[k]` (bilinear up with aligned corners,
+    adaptive average pooling down), applies `stages[k]` and resamples back. Shared by
+    `PyramidContextBlock` and its inference rewrite (lam.source_fusion).
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    for scale, conv in zip(_PYRAMID_SCALES, stages):
+        side = (_scaled_side(h, scale), _scaled_side(w, scale))
+        if scale > 1.0:
+            up = F.interpolate(x, size=side, mode="bilinear", align_corners=True)
+            yield F.adaptive_avg_pool2d(conv(up), (h, w))
+        elif scale < 1.0:
+            down = conv(F.adaptive_avg_pool2d(x, side))
+            yield F.interpolate(down, size=(h, w), mode="bilinear", align_corners=True)
+        else:
+            yield conv(x)
 
 
 def _scaled_side(side: int, scale: float) -> int:
@@ -228,6 +234,14 @@ class DiCENetSegmentation(nn.Module):
         self.bu_br_32x32 = _bn_prelu(dec[0])
         self.bu_br_64x64 = _bn_prelu(dec[1])
         self.bu_br_128x128 = _bn_prelu(dec[2])
+
+    #: (block whose output is upsampled, encoder projection, norm after their sum) per
+    #: decoder step, by attribute name: what lam.source_fusion folds the norm into
+    decoder_merges = (
+        ("eff_pool_16x16", "proj_enc_32x32", "bu_br_32x32"),
+        ("eff_pool_32x32", "proj_enc_64x64", "bu_br_64x64"),
+        ("eff_pool_64x64", "proj_enc_128x128", "bu_br_128x128"),
+    )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:

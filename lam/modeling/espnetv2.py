@@ -215,6 +215,14 @@ class ESPNetv2Segmentation(nn.Module):
         self.bu_br_l4 = nn.Sequential(nn.BatchNorm2d(dec[2]), nn.PReLU(dec[2]))
         self.num_classes = num_classes
 
+    #: (block whose output is upsampled, encoder projection, norm after their sum) per
+    #: decoder step, by attribute name: what lam.source_fusion folds the norm into
+    decoder_merges = (
+        ("bu_dec_l1", "merge_enc_dec_l2", "bu_br_l2"),
+        ("bu_dec_l2", "merge_enc_dec_l3", "bu_br_l3"),
+        ("bu_dec_l3", "merge_enc_dec_l4", "bu_br_l4"),
+    )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 16 or x.shape[-1] % 16:
             raise ValueError(f"ESPNetv2 needs sides that are multiples of 16, got {tuple(x.shape)}")
