@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from lam.modeling.backbone import Backbone, EfficientNetBackbone
 from lam.modeling.source_network import SourceNetworkBackbone
-from lam.source_fusion import fold_decoder_norms, fuse_pyramid_blocks
+from lam.source_fusion import fold_decoder_norms, fold_eesp_norms, fuse_pyramid_blocks
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -263,4 +263,5 @@ def inference_backbone(backbone: Backbone) -> Backbone:
             fold_batchnorm(fast)
             fold_decoder_norms(fast.network)
             fuse_pyramid_blocks(fast)
+            fold_eesp_norms(fast)
     return fast

@@ -24,6 +24,13 @@ BatchNorm that ends the block producing y (a * PReLU(u) = PReLU(a * u) for a > 0
 bilinear upsampling is linear), a and the shift b into the projection as one
 addcmul(b, e, a * g) in place of e * g. One full-grid pass less per step.
 
+In ESPNetv2's encoder, each EESP unit sums its dilated branches hierarchically
+(S_k = d_0 + ... + d_k), concatenates them and normalises the result. With the norm's
+per-branch affine (a_k, b_k) and r_k = a_k / a_(k-1), the normalised sums follow one another:
+T_0 = a_0 d_0 + b_0 and T_k = r_k T_(k-1) + a_k d_k + (b_k - r_k b_(k-1)), so a_k and the
+shift fold into branch k's conv and the running sum's add becomes an addcmul: the
+BatchNorm's pass over the unit's output is gone.
+
 Exact up to float rounding; the trained modules are never changed (lam.cpu_fusion applies
 this to a copy). Kept apart from lam/modeling/, which holds the modules themselves.
 """
@@ -35,6 +42,7 @@ from torch import nn
 
 from lam.modeling.dice_layers import ChannelShuffle, ConvNormPReLU, NormPReLU
 from lam.modeling.dicenet import GatedProjection, PyramidContextBlock, pyramid_branches
+from lam.modeling.espnetv2 import EESP
 
 
 def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,3 +200,76 @@ def fold_decoder_norms(network: nn.Module) -> int:
         setattr(network, norm_name, norm[1])
         folded += 1
     return folded
+
+
+class NormFoldedEESP(nn.Module):
+    """An `EESP` unit in eval mode with its after-concatenation BatchNorm folded into the
+    branches (see the module doc). (B, c_in, H, W) -> the unit's output, equal to it."""
+
+    def __init__(self, unit: EESP) -> None:
+        super().__init__()
+        a, b = _affine(unit.br_after_cat.bn)
+        width = unit.spp_dw[0].conv.out_channels
+        convs, ratios = [], []
+        for k, branch in enumerate(unit.spp_dw):
+            part = slice(k * width, (k + 1) * width)
+            ak, bk = a[part], b[part]
+            shift = bk.clone()
+            if k:
+                ratio = ak / a[part.start - width : part.start]
+                shift = bk - ratio * b[part.start - width : part.start]
+                ratios.append(ratio.reshape(1, -1, 1, 1))
+            conv = branch.conv
+            folded = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+                bias=True,
+            )
+            folded.weight = nn.Parameter(
+                (conv.weight.detach() * ak.reshape(-1, 1, 1, 1)).contiguous(), requires_grad=False
+            )
+            base = shift if conv.bias is None else conv.bias.detach() * ak + shift
+            folded.bias = nn.Parameter(base.contiguous(), requires_grad=False)
+            convs.append(folded)
+        self.branches = nn.ModuleList(convs)
+        for k, ratio in enumerate(ratios, start=1):
+            self.register_buffer(f"ratio_{k}", ratio.clone())
+        self.proj_1x1 = unit.proj_1x1
+        self.act_after_cat = unit.br_after_cat.act
+        self.conv_1x1_exp = unit.conv_1x1_exp
+        self.module_act = unit.module_act
+        self.stride = unit.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = self.proj_1x1(x)
+        fused = [self.branches[0](reduced)]
+        for k, branch in enumerate(self.branches[1:], start=1):
+            fused.append(torch.addcmul(branch(reduced), getattr(self, f"ratio_{k}"), fused[-1]))
+        out = self.conv_1x1_exp(self.act_after_cat(torch.cat(fused, 1)))
+        if self.stride == 2:
+            return out
+        if out.shape == x.shape:
+            out = out + x
+        return self.module_act(out)
+
+
+def fold_eesp_norms(module: nn.Module) -> int:
+    """Replace every `EESP` unit under `module` (eval mode) whose norm has no zero scale.
+
+    Mutates `module` in place; returns how many units were replaced.
+    """
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, EESP):
+                scale, _ = _affine(child.br_after_cat.bn)
+                if bool((scale == 0).any()):
+                    continue
+                parent._modules[name] = NormFoldedEESP(child)
+                replaced += 1
+    return replaced

@@ -9,11 +9,13 @@ import torch
 
 from lam.cpu_fusion import fold_batchnorm
 from lam.modeling.dicenet import DiCENetSegmentation, PyramidContextBlock
-from lam.modeling.espnetv2 import ESPNetv2Segmentation
+from lam.modeling.espnetv2 import EESP, ESPNetv2Segmentation
 from lam.source_fusion import (
     BranchwisePyramidBlock,
+    NormFoldedEESP,
     ShiftedGatedProjection,
     fold_decoder_norms,
+    fold_eesp_norms,
     fuse_pyramid_blocks,
 )
 
@@ -39,6 +41,7 @@ def _rewritten(net: torch.nn.Module) -> tuple[torch.nn.Module, int, int]:
         fold_batchnorm(fast)
         folded = fold_decoder_norms(fast)
         replaced = fuse_pyramid_blocks(fast)
+        fold_eesp_norms(fast)
     return fast, folded, replaced
 
 
@@ -51,6 +54,9 @@ def test_rewritten_decoder_gives_the_same_logits(make) -> None:
     assert folded == 3 and replaced == 4  # every decoder step and every pyramid block
     assert not any(isinstance(m, PyramidContextBlock) for m in fast.modules())
     assert sum(isinstance(m, ShiftedGatedProjection) for m in fast.modules()) == 3
+    units = sum(isinstance(m, EESP) for m in net.modules())  # ESPNetv2's encoder only
+    assert not any(isinstance(m, EESP) for m in fast.modules())
+    assert sum(isinstance(m, NormFoldedEESP) for m in fast.modules()) == units
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
         want = net(x)
@@ -82,3 +88,16 @@ def test_branchwise_block_refuses_a_block_it_does_not_know() -> None:
     block.merge_layer = torch.nn.Sequential(*list(block.merge_layer)[::-1])
     with pytest.raises(TypeError, match="pyramid merge layer"):
         BranchwisePyramidBlock(block)
+
+
+def test_an_eesp_norm_with_a_zero_scale_is_left_in_place() -> None:
+    """The fold divides by the previous branch's scale: a zero there keeps the BatchNorm."""
+    net = _trained_like(ESPNetv2Segmentation(1.0, 20), seed=2)
+    with torch.no_grad():
+        net.base_net.level3[0].br_after_cat.bn.weight[3] = 0.0
+    fast, _, _ = _rewritten(net)
+    assert isinstance(fast.base_net.level3[0], EESP)
+    assert isinstance(fast.base_net.level3[1], NormFoldedEESP)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), atol=1e-4, rtol=1e-4)
