@@ -153,6 +153,8 @@ class LabelAnythingModel(nn.Module):
         self, logits: torch.Tensor, taps: list[torch.Tensor], images: torch.Tensor
     ) -> torch.Tensor:
         """OptOU on adapter logits (B, C, h, w) -> refined (B, C, h, w); frames are (B, 3, H, W)."""
+        if self.optou.steps == 0:  # no refinement: the guide and prototypes would go unused
+            return logits
         size = tuple(logits.shape[-2:])
         protos = self.prototype_head(taps, size) if self.prototype_head is not None else None
         return self.optou(logits, colour_guide(images, size), protos)
