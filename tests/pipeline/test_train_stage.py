@@ -113,16 +113,32 @@ def test_seed_set_directory(tmp_path: Path, classes: Path, tiny_classes: dict) -
         _train(tmp_path, classes, "m3", images=str(extra / "images"), labels="", seeds=[])
 
 
+_ESPNETV2_WEIGHTS = (
+    Path(__file__).resolve().parents[2] / ".." / "shared" / "weights" / "edgenets"
+    / "espnetv2_s_1.0_city_1024x512.pth"
+)  # fmt: skip
+_MODELS = {
+    "imagenet_backbone": ModelParams(),
+    # the driving-domain annotator's head (class map + biases), small and fast
+    "source_network": ModelParams(
+        backbone="espnetv2_city", backbone_options={"width": 1.0, "input_size": [64, 96]}
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(_MODELS))
 def test_unlabeled_frames_are_used_and_their_labels_never_read(
-    tmp_path: Path, classes: Path
+    tmp_path: Path, classes: Path, model: str
 ) -> None:
+    if model == "source_network" and not _ESPNETV2_WEIGHTS.is_file():
+        pytest.skip("no shared ESPNetv2 weights (../shared)")
     seeds = _folder(tmp_path / "seeds", "drvA", range(2))
     drop = _folder(tmp_path / "drop", "drvB", range(20, 26))
     common = {
         "images": str(seeds / "images"),
         "labels": str(seeds / "labels"),
         "seeds": ["drvA_0000", "drvA_0001"],
-        "model": ModelParams(),
+        "model": _MODELS[model],
     }
     plain = _train(tmp_path, classes, "plain", **common)
     # the default method (chosen on the folds) does not read them at all
