@@ -61,6 +61,11 @@ class ModelParams(_Section):
     # source-network backbones: the weights file looked in first (a path or fsspec URL; then
     # $LAMFLOW_WEIGHTS, ../shared/weights/edgenets, the cache, the pinned URL)
     weights: str = ""
+    # source-network backbones: a vocabulary.yaml (path or fsspec URL) whose source_mapping
+    # rows map the network's classes onto classes.json, a person's corrections (manual rows)
+    # included; "" = proposed from the class names. `train --vocabulary` overrides it; its
+    # bytes enter the nightly model key, so an edited row retrains. Other backbones ignore it.
+    vocabulary: str = ""
 
 
 class TrainParams(_Section):

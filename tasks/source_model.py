@@ -96,11 +96,13 @@ def build_config(
     """The model config for `model` params and `class_list`.
 
     For a source-network backbone this builds the backbone (finding and verifying its weights
-    file) and the class map it needs: from `vocabulary`'s source_mapping rows when given,
-    else proposed from the class names. Other backbones: (config, None, None).
+    file) and the class map it needs: from the source_mapping rows of `vocabulary`, else of
+    `model.vocabulary`, else proposed from the class names. Other backbones: (config, None,
+    None); for them an explicit `vocabulary` is an error and `model.vocabulary` is ignored.
     """
     options = model.model_dump()
     weights = options.pop("weights")
+    model_vocabulary = options.pop("vocabulary")
     if model.backbone not in SOURCE_NETWORKS:
         if vocabulary:
             raise LamflowError(
@@ -108,6 +110,7 @@ def build_config(
                 f"{model.backbone!r} has none (use one of {', '.join(SOURCE_NETWORKS)})"
             )
         return LamConfig(classes=class_list.to_json(), **options), None, None
+    vocabulary = vocabulary or model_vocabulary or None
     if weights:
         options["backbone_options"] = {
             **options["backbone_options"],
@@ -186,9 +189,20 @@ def zero_seed_model_key(zs: ZeroShotSeedsParams, model: ModelParams) -> dict[str
         config = json.loads(read_bytes(join(zs.source_model_dir, CONFIG_FILE)))
         return {"model_version": str(config.get("version", ""))}
     key: dict[str, object] = {"model": zero_seed_model_params(zs, model).model_dump(mode="json")}
-    if zs.source_vocabulary:
-        key["vocabulary_sha256"] = sha256_bytes(read_bytes(zs.source_vocabulary))
+    vocabulary = zs.source_vocabulary or model.vocabulary
+    if vocabulary:
+        key["vocabulary_sha256"] = sha256_bytes(read_bytes(vocabulary))
     return key
+
+
+def mapping_vocabulary_key(model: ModelParams) -> str:
+    """sha256 of `model.vocabulary`'s bytes for a source-network backbone ("" when none or
+    another backbone): a corrected mapping row must change the nightly model's key."""
+    if not model.vocabulary or model.backbone not in SOURCE_NETWORKS:
+        return ""
+    if not exists(model.vocabulary):
+        raise LamflowError(f"model.vocabulary: {model.vocabulary} does not exist")
+    return sha256_bytes(read_bytes(model.vocabulary))
 
 
 def zero_seed_model(

@@ -24,11 +24,11 @@ def test_sections_mirror_the_library_dataclasses():
     assert set(AdaptParams.model_fields) == adapt
     train = {f.name for f in fields(TrainSettings)}
     assert set(TrainParams.model_fields) - {"seeds", "unlabeled_frames"} == train
-    # the class map's rows come from a vocabulary file or the class names, not params; the
-    # weights file is found at build time (model.weights is where to look first)
+    # the class map's rows come from a vocabulary file (model.vocabulary names it) or the
+    # class names; the weights file is found at build time (model.weights: where first)
     derived = {"classes", "version", "extra", "source_mapping", "source_mapping_manual"}
     model = {f.name for f in fields(LamConfig)} - derived
-    assert set(ModelParams.model_fields) - {"weights"} == model
+    assert set(ModelParams.model_fields) - {"weights", "vocabulary"} == model
     defaults = TrainParams()
     for f in fields(TrainSettings):
         value = getattr(defaults, f.name)

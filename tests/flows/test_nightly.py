@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from flows.nightly import dask_runner, nightly, shared_prefect_api
 from flows.state import acquire_lease, read_watermark
@@ -150,14 +151,19 @@ def test_nightly_on_the_source_network_shows_its_class_map(
     prefect_harness: None, tmp_path: Path, seed_set: Path
 ) -> None:
     """The product's default annotator (ESPNetv2 on Cityscapes, classes mapped by name onto
-    the synthetic world's sky/road/car) trains, labels a drop and reports its class map and
-    weights licence in the run's review-loop artifact."""
+    the synthetic world's sky/road/car, plus model.vocabulary's corrected row) trains, labels
+    a drop and reports its class map and weights licence in the run's review-loop artifact."""
     root = tmp_path / "root"
+    # a person's correction: names leave Cityscapes' terrain unmapped; this row maps it
+    vocabulary = tmp_path / "vocabulary.yaml"
+    row = {"synset": "terrain", "target": "road", "similarity": 1.0, "source": "manual"}
+    vocabulary.write_text(yaml.safe_dump({"source_mapping": {"cityscapes": {"rows": [row]}}}))
     model = {
         "backbone": "espnetv2_city",
         "backbone_options": {"width": 1.0, "input_size": [64, 128]},
         "out_stride": 2,
         "optou_steps": 0,
+        "vocabulary": str(vocabulary),
     }
     params = write_params(tmp_path / "params.yaml", str(root), seed_set, model=model)
     write_drop(str(root), "d1", 2)
@@ -168,6 +174,8 @@ def test_nightly_on_the_source_network_shows_its_class_map(
     config = json.loads((Path(result["model"]) / "config.json").read_text())
     rows = {r["source_class"]: r["target"] for r in config["extra"]["class_map"]["rows"]}
     assert rows["sky"] == "sky" and rows["road"] == "road" and rows["car"] == "car"
+    assert rows["terrain"] == "road"  # model.vocabulary's manual row reached the nightly model
+    assert config["extra"]["class_map"]["origin"].startswith(f"vocabulary {vocabulary}")
     assert "non-commercial" in config["extra"]["weights"]["licence"]
 
     from prefect.client.orchestration import get_client

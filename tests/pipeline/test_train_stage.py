@@ -260,3 +260,27 @@ def _key(params, folders: list[str]) -> list[list[str]]:
     from tasks.models import _unlabeled_key
 
     return _unlabeled_key(folders, params, set())
+
+
+def test_model_vocabulary_rows_enter_the_model_key(tmp_path: Path, classes: Path) -> None:
+    """A corrected row in model.vocabulary must retrain the nightly model (its key changes);
+    other backbones ignore the file, and a missing file is named."""
+    from lamflow.params import Params
+    from tasks.models import seed_key
+
+    vocabulary = tmp_path / "vocabulary.yaml"
+    vocabulary.write_text("source_mapping: {cityscapes: {rows: []}}\n")
+    fingerprint = [["drvA_0000", "a" * 64, "b" * 64]]
+    model = {"backbone": "espnetv2_city", "vocabulary": str(vocabulary)}
+    params = Params.model_validate({"data": {"classes": str(classes)}, "model": model})
+    first = seed_key(fingerprint, params)
+    assert seed_key(fingerprint, params) == first
+    row = "{synset: terrain, target: road, similarity: 1.0, source: manual}"
+    vocabulary.write_text(f"source_mapping: {{cityscapes: {{rows: [{row}]}}}}\n")
+    assert seed_key(fingerprint, params) != first
+    lite = params.model_copy(deep=True)
+    lite.model.backbone = "efficientnet_lite0"
+    vocabulary.unlink()
+    assert seed_key(fingerprint, lite)  # ignored: no error, no read
+    with pytest.raises(LamflowError, match=f"model.vocabulary: {vocabulary} does not exist"):
+        seed_key(fingerprint, params)
