@@ -263,5 +263,6 @@ def inference_backbone(backbone: Backbone) -> Backbone:
             fold_batchnorm(fast)
             fold_decoder_norms(fast.network)
             fuse_pyramid_blocks(fast)
-            fold_eesp_norms(fast)
+            if all(p.device.type == "cpu" for p in fast.parameters()):
+                fold_eesp_norms(fast)  # float32 only (its scale ratios reach 1e11)
     return fast

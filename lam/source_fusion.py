@@ -97,7 +97,10 @@ class BranchwisePyramidBlock(nn.Module):
         fa, fb = (
             _affine(fuse_norm)
             if isinstance(fuse_norm, nn.BatchNorm2d)
-            else (torch.ones(p), torch.zeros(p))
+            else (
+                torch.ones(p, dtype=fuse_conv.weight.dtype, device=fuse_conv.weight.device),
+                torch.zeros(p, dtype=fuse_conv.weight.dtype, device=fuse_conv.weight.device),
+            )
         )
         fuse_weight = fuse_conv.weight.detach() * fa.reshape(-1, 1, 1, 1)
         fuse_bias = fb if fuse_conv.bias is None else fuse_conv.bias.detach() * fa + fb
@@ -261,6 +264,9 @@ class NormFoldedEESP(nn.Module):
 def fold_eesp_norms(module: nn.Module) -> int:
     """Replace every `EESP` unit under `module` (eval mode) whose norm has no zero scale.
 
+    For float32 only: the ratios of neighbouring branches' scales reach 1e11 in the published
+    s = 2.0 weights (near-dead channels, whose shifts are as small), which float32 carries
+    and float16 (CUDA autocast) would flush to zero; lam.cpu_fusion applies it on CPU only.
     Mutates `module` in place; returns how many units were replaced.
     """
     replaced = 0

@@ -64,7 +64,8 @@ class ModelParams(_Section):
     # source-network backbones: a vocabulary.yaml (path or fsspec URL) whose source_mapping
     # rows map the network's classes onto classes.json, a person's corrections (manual rows)
     # included; "" = proposed from the class names. `train --vocabulary` overrides it; its
-    # bytes enter the nightly model key, so an edited row retrains. Other backbones ignore it.
+    # bytes enter the nightly model key, so an edited row retrains. The zero-seed labeller
+    # uses it unless zero_shot_seeds.source_vocabulary is set. Other backbones ignore it.
     vocabulary: str = ""
 
 

@@ -18,7 +18,7 @@ from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from tasks.frame_sources import load_classes, pick_unlabeled
 from tasks.seed_bootstrap import bootstrap_from_zero_shot, bootstrap_seed_set
 from tasks.seed_set import BOOTSTRAP_MARKER, seed_set_fingerprint, seed_set_url
-from tasks.source_model import mapping_vocabulary_key
+from tasks.source_model import mapping_vocabulary_key, model_key_fields
 from tasks.train import train
 from tasks.zero_shot_seeds import zero_shot_seeds
 
@@ -75,7 +75,7 @@ def seed_key(
     src = seed_sources(params)
     parts: list[Any] = [sha256_bytes(read_bytes(src["classes"]))]
     parts.append(fingerprint)
-    parts.append(params.model.model_dump(mode="json"))
+    parts.append(model_key_fields(params.model))
     vocabulary = mapping_vocabulary_key(params.model)
     if vocabulary:  # the class map's rows, a person's corrections included
         parts.append({"vocabulary_sha256": vocabulary})

@@ -176,6 +176,8 @@ def check_zero_seed_model(zs: ZeroShotSeedsParams, model: ModelParams) -> None:
         )
     if zs.source_vocabulary and not exists(zs.source_vocabulary):
         raise LamflowError(f"{key}.source_vocabulary: {zs.source_vocabulary} does not exist")
+    if not zs.source_vocabulary and model.vocabulary and not exists(model.vocabulary):
+        raise LamflowError(f"model.vocabulary: {model.vocabulary} does not exist")
     explicit = params.weights or params.backbone_options.get("weights")
     if not downloads_allowed() and (not explicit or "://" not in str(explicit)):
         spec = source_network_weights(params.backbone, params.backbone_options.get("width"))
@@ -188,11 +190,21 @@ def zero_seed_model_key(zs: ZeroShotSeedsParams, model: ModelParams) -> dict[str
     if zs.source_model_dir:
         config = json.loads(read_bytes(join(zs.source_model_dir, CONFIG_FILE)))
         return {"model_version": str(config.get("version", ""))}
-    key: dict[str, object] = {"model": zero_seed_model_params(zs, model).model_dump(mode="json")}
+    key: dict[str, object] = {"model": model_key_fields(zero_seed_model_params(zs, model))}
     vocabulary = zs.source_vocabulary or model.vocabulary
     if vocabulary:
         key["vocabulary_sha256"] = sha256_bytes(read_bytes(vocabulary))
     return key
+
+
+def model_key_fields(model: ModelParams) -> dict[str, object]:
+    """`model` as JSON for cache keys, without `vocabulary` when it is unset: a field added
+    2026-12-07 must not change the key of every model trained before it (its bytes enter
+    the key separately, `mapping_vocabulary_key`)."""
+    fields = model.model_dump(mode="json")
+    if not fields.get("vocabulary"):
+        fields.pop("vocabulary", None)
+    return fields
 
 
 def mapping_vocabulary_key(model: ModelParams) -> str:

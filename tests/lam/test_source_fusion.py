@@ -101,3 +101,15 @@ def test_an_eesp_norm_with_a_zero_scale_is_left_in_place() -> None:
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_rewrites_build_on_the_block_s_device() -> None:
+    """The annotator moves the model to CUDA before rewriting it: every tensor the rewrite
+    makes (the fuse conv's folded norm included) must be on the block's device. `meta`
+    stands in for CUDA here."""
+    block = _trained_like(PyramidContextBlock(16, 8, 12)).to("meta")
+    with torch.no_grad():
+        fold_batchnorm(block)  # the fuse conv's norm is folded first, as lam.cpu_fusion does
+        fast = BranchwisePyramidBlock(block)
+    assert all(t.device.type == "meta" for t in fast.state_dict().values())
+    assert fast(torch.empty(2, 16, 20, 24, device="meta")).shape == (2, 12, 20, 24)

@@ -284,3 +284,16 @@ def test_model_vocabulary_rows_enter_the_model_key(tmp_path: Path, classes: Path
     assert seed_key(fingerprint, lite)  # ignored: no error, no read
     with pytest.raises(LamflowError, match=f"model.vocabulary: {vocabulary} does not exist"):
         seed_key(fingerprint, params)
+
+
+def test_an_unset_model_vocabulary_keeps_earlier_model_keys() -> None:
+    """`model.vocabulary` (added 2026-12-07) unset must not change the key of every model
+    trained before it: it leaves the keyed fields when empty."""
+    from tasks.source_model import model_key_fields
+
+    fields = model_key_fields(ModelParams())
+    assert "vocabulary" not in fields
+    assert fields == {
+        k: v for k, v in ModelParams().model_dump(mode="json").items() if k != "vocabulary"
+    }
+    assert model_key_fields(ModelParams(vocabulary="v.yaml"))["vocabulary"] == "v.yaml"

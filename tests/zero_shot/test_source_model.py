@@ -207,3 +207,12 @@ def test_nightly_bootstraps_its_seed_set_from_source_model_seeds(tmp_path, tiny_
     with pytest.raises(LamflowError, match="model.backbone, now 'timm'"):
         ensure_model(str(other), load_params(path), progress=False)
     assert not (other / "seeds").exists()
+
+
+def test_a_missing_model_vocabulary_is_named_before_any_frame_is_read(tmp_path: Path) -> None:
+    from tasks.source_model import check_zero_seed_model
+
+    missing = tmp_path / "nowhere.yaml"
+    model = ModelParams(backbone="espnetv2_city", vocabulary=str(missing))
+    with pytest.raises(LamflowError, match=f"model.vocabulary: {missing} does not exist"):
+        check_zero_seed_model(ZeroShotSeedsParams(backend="source_model"), model)
