@@ -1,4 +1,4 @@
-"""Inference rewrite of the source networks' pyramid block: same outputs, a third of the time.
+"""Inference rewrites of the source networks' blocks: same outputs, fewer passes on CPU.
 
 The pyramid block of ESPNetv2's and DiCENet's decoder (`PyramidContextBlock`) concatenates
 its n branches of p channels, normalises them (BatchNorm + PReLU), interleaves the channels
@@ -37,12 +37,14 @@ this to a copy). Kept apart from lam/modeling/, which holds the modules themselv
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from lam.modeling.dice_layers import ChannelShuffle, ConvNormPReLU, NormPReLU
 from lam.modeling.dicenet import GatedProjection, PyramidContextBlock, pyramid_branches
-from lam.modeling.espnetv2 import EESP
+from lam.modeling.espnetv2 import EESP, eesp_tail
 
 
 def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +144,22 @@ def fuse_pyramid_blocks(module: nn.Module) -> int:
 
     Mutates `module` in place; returns how many blocks were replaced.
     """
+    return _replace_children(
+        module, lambda m: BranchwisePyramidBlock(m) if isinstance(m, PyramidContextBlock) else None
+    )
+
+
+def _replace_children(module: nn.Module, rewrite: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Swap each submodule of `module` for `rewrite(submodule)` where that is not None.
+
+    Mutates `module` in place; returns how many were swapped.
+    """
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent._modules.items()):
-            if isinstance(child, PyramidContextBlock):
-                parent._modules[name] = BranchwisePyramidBlock(child)
+            new = rewrite(child) if child is not None else None
+            if new is not None:
+                parent._modules[name] = new
                 replaced += 1
     return replaced
 
@@ -173,12 +186,15 @@ class ShiftedGatedProjection(nn.Module):
 def fold_decoder_norms(network: nn.Module) -> int:
     """Fold each decoder step's BatchNorm out of its full-grid pass (see the module doc).
 
-    `network` lists its steps in `decoder_merges` (attribute names); a step whose norm has a
+    `network` names its decoder in `decoder_first` and `decoder_steps` (attribute names:
+    projection, norm, block per step); a step whose norm has a
     scale <= 0, or whose producing block ends otherwise than in BatchNorm + PReLU, is left
     as it is. Mutates `network` in place; returns how many steps were folded.
     """
     folded = 0
-    for producer_name, projection_name, norm_name in getattr(network, "decoder_merges", ()):
+    steps = getattr(network, "decoder_steps", ())
+    blocks = [getattr(network, "decoder_first", "")] + [block for _, _, block in steps]
+    for producer_name, (projection_name, norm_name, _) in zip(blocks, steps):
         producer = getattr(network, producer_name)
         projection = getattr(network, projection_name)
         norm = getattr(network, norm_name)
@@ -216,32 +232,19 @@ class NormFoldedEESP(nn.Module):
         convs, ratios = [], []
         for k, branch in enumerate(unit.spp_dw):
             part = slice(k * width, (k + 1) * width)
-            ak, bk = a[part], b[part]
-            shift = bk.clone()
+            ak, shift = a[part], b[part]
             if k:
-                ratio = ak / a[part.start - width : part.start]
-                shift = bk - ratio * b[part.start - width : part.start]
-                ratios.append(ratio.reshape(1, -1, 1, 1))
+                before = slice(part.start - width, part.start)
+                ratio = ak / a[before]
+                shift = shift - ratio * b[before]
+                ratios.append(ratio.reshape(-1, 1, 1))
             conv = branch.conv
-            folded = nn.Conv2d(
-                conv.in_channels,
-                conv.out_channels,
-                conv.kernel_size,
-                conv.stride,
-                conv.padding,
-                conv.dilation,
-                conv.groups,
-                bias=True,
-            )
-            folded.weight = nn.Parameter(
-                (conv.weight.detach() * ak.reshape(-1, 1, 1, 1)).contiguous(), requires_grad=False
-            )
-            base = shift if conv.bias is None else conv.bias.detach() * ak + shift
-            folded.bias = nn.Parameter(base.contiguous(), requires_grad=False)
-            convs.append(folded)
+            bias = shift if conv.bias is None else conv.bias.detach() * ak + shift
+            convs.append(_frozen_conv(conv, conv.weight.detach() * ak.reshape(-1, 1, 1, 1), bias))
         self.branches = nn.ModuleList(convs)
-        for k, ratio in enumerate(ratios, start=1):
-            self.register_buffer(f"ratio_{k}", ratio.clone())
+        # ratios[k - 1] = a_k / a_(k-1), (branches - 1, width, 1, 1): 4-d, as a module moved
+        # to channels-last needs its buffers
+        self.register_buffer("ratios", torch.stack(ratios))
         self.proj_1x1 = unit.proj_1x1
         self.act_after_cat = unit.br_after_cat.act
         self.conv_1x1_exp = unit.conv_1x1_exp
@@ -251,14 +254,9 @@ class NormFoldedEESP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduced = self.proj_1x1(x)
         fused = [self.branches[0](reduced)]
-        for k, branch in enumerate(self.branches[1:], start=1):
-            fused.append(torch.addcmul(branch(reduced), getattr(self, f"ratio_{k}"), fused[-1]))
-        out = self.conv_1x1_exp(self.act_after_cat(torch.cat(fused, 1)))
-        if self.stride == 2:
-            return out
-        if out.shape == x.shape:
-            out = out + x
-        return self.module_act(out)
+        for branch, ratio in zip(self.branches[1:], self.ratios):
+            fused.append(torch.addcmul(branch(reduced), ratio, fused[-1]))
+        return eesp_tail(self.conv_1x1_exp(self.act_after_cat(torch.cat(fused, 1))), x, self)
 
 
 def fold_eesp_norms(module: nn.Module) -> int:
@@ -269,13 +267,10 @@ def fold_eesp_norms(module: nn.Module) -> int:
     and float16 (CUDA autocast) would flush to zero; lam.cpu_fusion applies it on CPU only.
     Mutates `module` in place; returns how many units were replaced.
     """
-    replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent._modules.items()):
-            if isinstance(child, EESP):
-                scale, _ = _affine(child.br_after_cat.bn)
-                if bool((scale == 0).any()):
-                    continue
-                parent._modules[name] = NormFoldedEESP(child)
-                replaced += 1
-    return replaced
+
+    def rewrite(unit: nn.Module) -> nn.Module | None:
+        if not isinstance(unit, EESP) or bool((_affine(unit.br_after_cat.bn)[0] == 0).any()):
+            return None
+        return NormFoldedEESP(unit)
+
+    return _replace_children(module, rewrite)

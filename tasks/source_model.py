@@ -191,9 +191,12 @@ def zero_seed_model_key(zs: ZeroShotSeedsParams, model: ModelParams) -> dict[str
         config = json.loads(read_bytes(join(zs.source_model_dir, CONFIG_FILE)))
         return {"model_version": str(config.get("version", ""))}
     key: dict[str, object] = {"model": model_key_fields(zero_seed_model_params(zs, model))}
-    vocabulary = zs.source_vocabulary or model.vocabulary
-    if vocabulary:
-        key["vocabulary_sha256"] = sha256_bytes(read_bytes(vocabulary))
+    if zs.source_vocabulary:
+        key["vocabulary_sha256"] = _file_sha256(
+            zs.source_vocabulary, "zero_shot_seeds.source_vocabulary"
+        )
+    elif model.vocabulary:
+        key["vocabulary_sha256"] = _file_sha256(model.vocabulary, "model.vocabulary")
     return key
 
 
@@ -212,9 +215,14 @@ def mapping_vocabulary_key(model: ModelParams) -> str:
     another backbone): a corrected mapping row must change the nightly model's key."""
     if not model.vocabulary or model.backbone not in SOURCE_NETWORKS:
         return ""
-    if not exists(model.vocabulary):
-        raise LamflowError(f"model.vocabulary: {model.vocabulary} does not exist")
-    return sha256_bytes(read_bytes(model.vocabulary))
+    return _file_sha256(model.vocabulary, "model.vocabulary")
+
+
+def _file_sha256(url: str, setting: str) -> str:
+    """sha256 of the file a setting names; one-line LamflowError naming both when missing."""
+    if not exists(url):
+        raise LamflowError(f"{setting}: {url} does not exist")
+    return sha256_bytes(read_bytes(url))
 
 
 def zero_seed_model(

@@ -235,12 +235,14 @@ class DiCENetSegmentation(nn.Module):
         self.bu_br_64x64 = _bn_prelu(dec[1])
         self.bu_br_128x128 = _bn_prelu(dec[2])
 
-    #: (block whose output is upsampled, encoder projection, norm after their sum) per
-    #: decoder step, by attribute name: what lam.source_fusion folds the norm into
-    decoder_merges = (
-        ("eff_pool_16x16", "proj_enc_32x32", "bu_br_32x32"),
-        ("eff_pool_32x32", "proj_enc_64x64", "bu_br_64x64"),
-        ("eff_pool_64x64", "proj_enc_128x128", "bu_br_128x128"),
+    #: The decoder by attribute name: its first block, then per step (encoder projection,
+    #: norm after its sum with the upsampled map, block). The forward runs these, and
+    #: lam.source_fusion folds each step's norm into the block before it.
+    decoder_first = "eff_pool_16x16"
+    decoder_steps = (
+        ("proj_enc_32x32", "bu_br_32x32", "eff_pool_32x32"),
+        ("proj_enc_64x64", "bu_br_64x64", "eff_pool_64x64"),
+        ("proj_enc_128x128", "bu_br_128x128", "eff_pool_128x128"),
     )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,15 +252,10 @@ class DiCENetSegmentation(nn.Module):
         if h % 16 or w % 16:
             raise ValueError(f"DiCENet needs H and W multiples of 16, got {h}x{w} (H x W)")
         s2, s4, s8, s16 = self.base_net(x)
-        y = self.eff_pool_16x16(s16)
-        steps = (
-            (s8, self.proj_enc_32x32, self.bu_br_32x32, self.eff_pool_32x32),
-            (s4, self.proj_enc_64x64, self.bu_br_64x64, self.eff_pool_64x64),
-            (s2, self.proj_enc_128x128, self.bu_br_128x128, self.eff_pool_128x128),
-        )
-        for skip, project, norm, pyramid in steps:
+        y = getattr(self, self.decoder_first)(s16)
+        for (project, norm, pyramid), skip in zip(self.decoder_steps, (s8, s4, s2)):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            y = pyramid(norm(project(skip) + y))
+            y = getattr(self, pyramid)(getattr(self, norm)(getattr(self, project)(skip) + y))
         return y
 
 

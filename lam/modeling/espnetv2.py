@@ -123,12 +123,18 @@ class EESP(nn.Module):
         fused = [self.spp_dw[0](reduced)]
         for branch in self.spp_dw[1:]:
             fused.append(branch(reduced) + fused[-1])  # hierarchical feature fusion
-        out = self.conv_1x1_exp(self.br_after_cat(torch.cat(fused, 1)))
-        if self.stride == 2:
-            return out
-        if out.shape == x.shape:
-            out = out + x
-        return self.module_act(out)
+        return eesp_tail(self.conv_1x1_exp(self.br_after_cat(torch.cat(fused, 1))), x, self)
+
+
+def eesp_tail(out: torch.Tensor, x: torch.Tensor, unit: nn.Module) -> torch.Tensor:
+    """An EESP unit's end, after its expansion conv: a stride-2 unit returns `out` as it is
+    (the down-sampler adds the pooled path first); otherwise the residual where shapes match,
+    then the unit's `module_act`. Shared with its inference rewrite (lam.source_fusion)."""
+    if unit.stride == 2:
+        return out
+    if out.shape == x.shape:
+        out = out + x
+    return unit.module_act(out)
 
 
 class StridedEESP(nn.Module):
@@ -215,24 +221,22 @@ class ESPNetv2Segmentation(nn.Module):
         self.bu_br_l4 = nn.Sequential(nn.BatchNorm2d(dec[2]), nn.PReLU(dec[2]))
         self.num_classes = num_classes
 
-    #: (block whose output is upsampled, encoder projection, norm after their sum) per
-    #: decoder step, by attribute name: what lam.source_fusion folds the norm into
-    decoder_merges = (
-        ("bu_dec_l1", "merge_enc_dec_l2", "bu_br_l2"),
-        ("bu_dec_l2", "merge_enc_dec_l3", "bu_br_l3"),
-        ("bu_dec_l3", "merge_enc_dec_l4", "bu_br_l4"),
+    #: The decoder by attribute name: its first block, then per step (encoder projection,
+    #: norm after its sum with the upsampled map, block). The forward runs these, and
+    #: lam.source_fusion folds each step's norm into the block before it.
+    decoder_first = "bu_dec_l1"
+    decoder_steps = (
+        ("merge_enc_dec_l2", "bu_br_l2", "bu_dec_l2"),
+        ("merge_enc_dec_l3", "bu_br_l3", "bu_dec_l3"),
+        ("merge_enc_dec_l4", "bu_br_l4", "bu_dec_l4"),
     )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % 16 or x.shape[-1] % 16:
             raise ValueError(f"ESPNetv2 needs sides that are multiples of 16, got {tuple(x.shape)}")
         l1, l2, l3, l4 = self.base_net(x)
-        y = self.bu_dec_l1(l4)
-        for skip, feat, br, dec in (
-            (self.merge_enc_dec_l2, l3, self.bu_br_l2, self.bu_dec_l2),
-            (self.merge_enc_dec_l3, l2, self.bu_br_l3, self.bu_dec_l3),
-            (self.merge_enc_dec_l4, l1, self.bu_br_l4, self.bu_dec_l4),
-        ):
+        y = getattr(self, self.decoder_first)(l4)
+        for (skip, norm, block), feat in zip(self.decoder_steps, (l3, l2, l1)):
             y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=True)
-            y = dec(br(y + skip(feat)))
+            y = getattr(self, block)(getattr(self, norm)(y + getattr(self, skip)(feat)))
         return y
