@@ -2,7 +2,10 @@
 
 The frozen backbone is not copied into the artefact: it is rebuilt from the registry entry named
 in the config (its weights ship in a package or sit at a recorded checkpoint path), and its
-fingerprint is recorded so a changed backbone is detected at load time.
+fingerprint is recorded so a changed backbone is detected at load time. The one exception is
+what training set in the backbone from the target drives (`adapted_backbone_buffers`: its
+BatchNorm statistics, lam.norm_stats): those tensors are carried in `head.safetensors` as
+`backbone.*` keys, and the fingerprint covers the rest.
 """
 
 from __future__ import annotations
@@ -24,10 +27,17 @@ WEIGHTS_FILE = "head.safetensors"
 FORMAT_VERSION = 1
 
 
-def backbone_fingerprint(backbone: Backbone) -> str:
-    """sha256 (first 16 hex) over the backbone's tensors: changes whenever its weights do."""
+def backbone_fingerprint(backbone: Backbone, carried: tuple[str, ...] = ()) -> str:
+    """sha256 (first 16 hex) over the backbone's tensors: changes whenever its weights do.
+
+    `carried`: state-dict keys the artefact stores itself (adapted statistics), left out so
+    the fingerprint names the registry's backbone the model was built on.
+    """
     h = hashlib.sha256()
+    skip = set(carried)
     for name, tensor in sorted(backbone.state_dict().items()):
+        if name in skip:
+            continue
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous()
         h.update(t.view(-1)[:: max(1, t.numel() // 4096)].float().numpy().tobytes())
@@ -35,18 +45,21 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 
 
 def head_state(model: LabelAnythingModel) -> dict[str, torch.Tensor]:
-    """Everything trained or set from seeds: adapter, prototypes, OptOU (not the backbone)."""
+    """Everything trained or set from seeds: adapter, prototypes, OptOU, and the backbone
+    tensors set from the target drives' frames (`model.adapted_backbone_buffers`)."""
+    carried = {f"backbone.{k}" for k in model.adapted_backbone_buffers}
     return {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
-        if not k.startswith("backbone.")
+        if not k.startswith("backbone.") or k in carried
     }
 
 
 def model_to_files(model: LabelAnythingModel, config: LamConfig) -> dict[str, bytes]:
     """Serialise to {file name: bytes}; sets `config.version` to a content hash."""
     weights = save_safetensors(head_state(model), metadata={"format": str(FORMAT_VERSION)})
-    config.extra = {**config.extra, "backbone_fingerprint": backbone_fingerprint(model.backbone)}
+    fingerprint = backbone_fingerprint(model.backbone, model.adapted_backbone_buffers)
+    config.extra = {**config.extra, "backbone_fingerprint": fingerprint}
     config.version = ""
     digest = hashlib.sha256(weights + config.to_json().encode()).hexdigest()[:12]
     config.version = f"lam-{digest}"
@@ -65,18 +78,21 @@ def model_from_files(
     except (json.JSONDecodeError, TypeError) as exc:
         raise LamflowError(f"{CONFIG_FILE} is not a valid model config: {exc}") from exc
     backbone = backbone or build_backbone(config.backbone, config.backbone_options)
+    state = load_safetensors(files[WEIGHTS_FILE])
+    carried = tuple(sorted(k[len("backbone.") :] for k in state if k.startswith("backbone.")))
     expected = config.extra.get("backbone_fingerprint")
-    if expected and backbone_fingerprint(backbone) != expected:
+    found = backbone_fingerprint(backbone, carried)
+    if expected and found != expected:
         raise LamflowError(
             f"backbone {config.backbone!r} differs from the one the model was trained on "
-            f"(fingerprint {backbone_fingerprint(backbone)} != {expected})"
+            f"(fingerprint {found} != {expected})"
         )
     model = build_lam(config, backbone=backbone)
-    state = load_safetensors(files[WEIGHTS_FILE])
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise LamflowError(
             f"{WEIGHTS_FILE} does not match the config: missing {missing}, unexpected {unexpected}"
         )
+    model.adapted_backbone_buffers = carried
     return model.eval(), config

@@ -87,11 +87,20 @@ class TrainSettings:
     optimizer: str = "lbfgs"  # "lbfgs" or "adam"
     optou_iterations: int = 20  # Adam steps on OptOU's scalars (0 = keep their init)
     optou_lr: float = 0.05
-    # What `train_head(unlabeled=...)` does with the target drives' unlabelled frames:
-    # "none" = nothing (their labels are never read either way); "self_train" = lam.adapt's
-    # class-balanced self-training after the seed fit. On the cross-drive folds of
-    # bench/quality.py self-training did not beat "none" (see README), hence the default.
+    # What `train_head(unlabeled=...)` does with the target drives' unlabelled frames (their
+    # labels are never read either way): "none" = nothing; "norm_stats" = the backbone's
+    # BatchNorm statistics blended towards theirs before the seed fit (lam.norm_stats);
+    # "self_train" = lam.adapt's class-balanced self-training after the seed fit. Which one
+    # helps depends on the head (bench/quality.py folds, docs/annotator.md): with a source
+    # network's class map, norm_stats gained in every case (params.yaml sets it); with
+    # EfficientNet-Lite0 and a head learned from other drives' seeds it lost, as did
+    # self-training, hence "none" here.
     unlabeled_method: str = "none"
+    # unlabeled_method "norm_stats": how far every BatchNorm's running statistics of the
+    # backbone move from the source's towards the unlabelled frames' (0 = not at all, 1 =
+    # replaced; lam.norm_stats). 0.5 did best on the folds (zero seeds: 0.3 / 0.5 / 0.7 / 1.0
+    # -> 56.86 / 57.24 / 56.09 / 51.83 against 54.45 unadapted).
+    norm_blend: float = 0.5
     # Class map heads (source-network backbones): None keeps the name (or hand-edited) map as
     # it is; a number re-estimates it from the seed pixels, the name map counting as that many
     # pixels. Then a per-class bias is fitted on the seeds (class-balanced CE) if fit_bias.
@@ -103,7 +112,7 @@ class TrainSettings:
     class_map_fit_bias: bool = True
 
 
-UNLABELED_METHODS = ("none", "self_train")
+UNLABELED_METHODS = ("none", "self_train", "norm_stats")
 
 
 @dataclass

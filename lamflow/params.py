@@ -86,11 +86,13 @@ class TrainParams(_Section):
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     optou_iterations: int = Field(default=_TRAIN.optou_iterations, ge=0)
     optou_lr: float = Field(default=_TRAIN.optou_lr, gt=0)
-    # `train --unlabeled` frames: none (not read) | self_train (lam.adapt inside train)
+    # `train --unlabeled` frames: none (not read) | self_train (lam.adapt inside train) |
+    # norm_stats (the backbone's BatchNorm statistics blended towards theirs: lam.norm_stats)
     unlabeled_method: str = _TRAIN.unlabeled_method  # one of lam.settings.UNLABELED_METHODS
     # frames read from the `--unlabeled` folders (evenly spaced; 0 = all); labels never read.
     # 48 = what self_train was measured with on the folds (lam.adapt's max_frames)
     unlabeled_frames: int = Field(default=48, ge=0)
+    norm_blend: float = Field(default=_TRAIN.norm_blend, ge=0, le=1)
     class_map_prior: float | None = Field(default=_TRAIN.class_map_prior, ge=0)
     class_map_fit_bias: bool = _TRAIN.class_map_fit_bias
 

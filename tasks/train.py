@@ -16,7 +16,7 @@ from lam.classes import ClassList
 from lam.errors import LamflowError
 from lam.imageio import decode_label
 from lam.modeling.class_map import ClassMapAdapter
-from lam.train import TrainReport, TrainSettings, train_head
+from lam.train import TrainSettings, train_head
 from lamflow.params import ModelParams, TrainParams
 from lamflow.storage import find_by_stem, join, read_bytes, sha256_bytes, write_text_atomic
 from tasks.frame_sources import load_classes, load_seed_frames, load_unlabeled_frames
@@ -159,19 +159,16 @@ def train(
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
 
-    if no_seeds:
-        report = TrainReport(0.0, 0, float("nan"), [0] * class_list.num_classes)
-    else:
-        report = train_head(
-            net,
-            seed_images,
-            seed_labels,
-            class_list.ignore_index,
-            lam_settings,
-            _progress,
-            weights,
-            unlabeled=unlabeled_frames,
-        )
+    report = train_head(  # no seeds: only the unlabeled frames' norm statistics, if asked
+        net,
+        seed_images,
+        seed_labels,
+        class_list.ignore_index,
+        lam_settings,
+        _progress,
+        weights,
+        unlabeled=unlabeled_frames,
+    )
     bar.close()
     if mapping is not None and isinstance(net.adapter, ClassMapAdapter):
         mapping.record_fitted(net.adapter)

@@ -122,6 +122,10 @@ class LabelAnythingModel(nn.Module):
             PrototypeHead(backbone.channels, num_classes) if use_prototypes else None
         )
         self.optou = optou or OptOU()
+        # state-dict keys of the backbone (without "backbone.") that training set from the
+        # target drives' frames (lam.norm_stats): saved with the head, since the registry's
+        # backbone does not have them
+        self.adapted_backbone_buffers: tuple[str, ...] = ()
 
     def train(self, mode: bool = True) -> LabelAnythingModel:
         super().train(mode)

@@ -16,7 +16,6 @@ from tasks.train import train
 from tests.conftest import make_scene
 
 FAST = TrainParams(iterations=5, scales=[1.0], pixels_per_view=300, optou_iterations=2)
-SELF_TRAIN = FAST.model_copy(update={"unlabeled_method": "self_train"})
 
 
 def _folder(root: Path, prefix: str, seeds: range, labels: bool = True) -> Path:
@@ -126,9 +125,16 @@ _MODELS = {
 }
 
 
-@pytest.mark.parametrize("model", sorted(_MODELS))
+@pytest.mark.parametrize(
+    ("model", "method"),
+    [
+        ("imagenet_backbone", "self_train"),
+        ("source_network", "self_train"),
+        ("source_network", "norm_stats"),  # the backbone's statistics move, not the head
+    ],
+)
 def test_unlabeled_frames_are_used_and_their_labels_never_read(
-    tmp_path: Path, classes: Path, model: str
+    tmp_path: Path, classes: Path, model: str, method: str
 ) -> None:
     if model == "source_network" and not _ESPNETV2_WEIGHTS.is_file():
         pytest.skip("no shared ESPNetv2 weights (../shared)")
@@ -140,12 +146,13 @@ def test_unlabeled_frames_are_used_and_their_labels_never_read(
         "seeds": ["drvA_0000", "drvA_0001"],
         "model": _MODELS[model],
     }
+    common["settings"] = FAST.model_copy(update={"unlabeled_method": "none"})
     plain = _train(tmp_path, classes, "plain", **common)
-    # the default method (chosen on the folds) does not read them at all
+    # method none does not read them at all
     unused = _train(tmp_path, classes, "none", unlabeled=[str(drop / "images")], **common)
     assert unused["unlabeled"]["method"] == "none" and unused["unlabeled"]["frames"] == []
     assert unused["model_version"] == plain["model_version"]
-    common["settings"] = SELF_TRAIN
+    common["settings"] = FAST.model_copy(update={"unlabeled_method": method})
     plain = _train(tmp_path, classes, "plain2", **common)
     with_drop = _train(tmp_path, classes, "drop1", unlabeled=[str(drop / "images")], **common)
     assert [f["stem"] for f in with_drop["unlabeled"]["frames"]] == [
@@ -232,8 +239,8 @@ def test_camvid_seeds_plus_an_unlabeled_drop_end_to_end(camvid: Path, tmp_path: 
 def test_unlabeled_folders_enter_the_model_key_only_when_read(
     tmp_path: Path, classes: Path
 ) -> None:
-    """unlabeled_method none: new drops change nothing (no retrain, no relabel); self_train:
-    the frames' bytes are part of the model's key."""
+    """unlabeled_method none: new drops change nothing (no retrain, no relabel); self_train
+    and norm_stats: the frames' bytes are part of the model's key."""
     from lamflow.params import Params
     from tasks.models import seed_key
 
@@ -241,12 +248,13 @@ def test_unlabeled_folders_enter_the_model_key_only_when_read(
     other = _folder(tmp_path / "other", "drvC", range(4, 8), labels=False)
     fingerprint = [["drvA_0000", "a" * 64, "b" * 64]]
     data = {"classes": str(classes)}  # the key hashes the class list: not CamVid's here
-    none = Params.model_validate({"data": data})
+    none = Params.model_validate({"data": data, "train": {"unlabeled_method": "none"}})
     keys = {seed_key(fingerprint, none, _key(none, [str(d / "images")])) for d in (drop, other)}
     assert len(keys) == 1 and keys == {seed_key(fingerprint, none)}
-    st = Params.model_validate({"data": data, "train": {"unlabeled_method": "self_train"}})
-    first = seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
-    assert first != seed_key(fingerprint, st, _key(st, [str(other / "images")]))
+    for method in ("norm_stats", "self_train"):
+        st = Params.model_validate({"data": data, "train": {"unlabeled_method": method}})
+        first = seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
+        assert first != seed_key(fingerprint, st, _key(st, [str(other / "images")]))
     image, _ = make_scene(99)
     Image.fromarray(image).save(drop / "images" / "drvB_0001.png")  # a frame's bytes change
     assert first != seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
