@@ -34,6 +34,7 @@ from lam.errors import LamflowError
 from lamflow.params import Params, load_params
 from lamflow.storage import join, safe_name
 from tasks.ingest import add_drop, drop_url, list_drops
+from tasks.model_pointer import published_model
 from tasks.models import seed_sources
 from tasks.vocabulary import VOCABULARY_FILE
 
@@ -46,6 +47,7 @@ from .state import (
     done_drives,
     drops_by_age,
     held_lease,
+    leased_by_another,
     mark_done,
     note_done,
     read_done,
@@ -59,9 +61,18 @@ __all__ = ["adapted_model", "auto_workers", "bootstrap", "dask_runner", "label_d
 __all__ += ["nightly", "shared_prefect_api", "worker_environment"]
 
 
-def _model_changed(root: str, drive: str, version: str) -> bool:
+def _model_changed(root: str, drive: str, model: dict[str, Any]) -> bool:
+    """Whether finished `drive` was labelled by a model that learned from other seeds or
+    params than `model`. A model that differs only in the night's unlabeled drops
+    (train.unlabeled_method: norm_stats adapts to them) does not relabel older drops: it was
+    adapted to the new drops, not to them, and relabelling every drop every night would
+    cost a fleet's whole history each night."""
     done = read_done(root, drive)
-    return bool(done) and done.get("base_model_version", done.get("model_version")) != version
+    if not done:
+        return False
+    if done.get("seed_key") and model.get("seed_key"):
+        return bool(done["seed_key"] != model["seed_key"])
+    return bool(done.get("base_model_version", done.get("model_version")) != model["model_version"])
 
 
 def _finished_since_run_start(root: str, drive: str, version: str) -> bool:
@@ -90,6 +101,7 @@ def _label_under_lease(
             return None
         summary = label_drop(root, drive, model, params, still_ours=lease.check)
         summary["base_model_version"] = model["model_version"]
+        summary["seed_key"] = model.get("seed_key", "")
         lease.check()
         if published(summary):
             mark_done(root, drive, summary)
@@ -120,15 +132,20 @@ def _run_drops(
     pull = pull_step(params)
     renew()
     # The night's new drops are the frames the model is for: `train --unlabeled` (read only
-    # when train.unlabeled_method is not none; their labels are never read).
-    drop_images = [join(drop_url(root, d), "images") for d in drives]
-    model = train_task(root, params, progress=False, unlabeled=drop_images)
+    # when train.unlabeled_method is not none; their labels are never read). A drop another
+    # run holds is left to that run. With none left, the model in use is kept if it learned
+    # from the same seeds.
+    ours = [d for d in drives if not leased_by_another(root, d, owner)]
+    drop_images = [join(drop_url(root, d), "images") for d in ours]
+    model = train_task(
+        root, params, progress=False, unlabeled=drop_images, current=published_model(root)
+    )
     write_model_pointer(root, model)
     renew()
     backfill = [
         d
         for d in params.review.backfill_drops(drops_by_age(root))
-        if d not in drives and _model_changed(root, d, model["model_version"])
+        if d not in drives and _model_changed(root, d, model)
     ]
     results: dict[str, Any] = {}
     relabeled: dict[str, Any] = {}

@@ -216,6 +216,12 @@ def acquire_lease(
     return token if _next_generation(lease, generation + 1, claim) else None
 
 
+def leased_by_another(root: str, name: str, owner: str, folder: str = "leases") -> bool:
+    """Whether lease `name` is held (live) by an owner other than `owner`."""
+    _, current = _holder(_lease_dir(root, name, folder))
+    return current is not None and _live(current) and current.get("owner") != owner
+
+
 def renew_lease(root: str, name: str, token: str, ttl: float, folder: str = "leases") -> bool:
     """Push a held lease's expiry `ttl` seconds ahead; False if it is no longer ours.
 

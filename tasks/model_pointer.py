@@ -22,7 +22,8 @@ def model_pointer_url(root: str) -> str:
 
 def published_model(root: str) -> dict[str, Any]:
     """ROOT's model pointer: {"model_version", "model" (its directory's URL), "seeds",
-    "trained", "since"}; {} before the first run. One GET, no cached listing (a server that
+    "trained", "seed_key" (what it learned from: tasks.models.ensure_model), "since"}; {}
+    before the first run. One GET, no cached listing (a server that
     follows the fleet reads it on every request)."""
     url = model_pointer_url(root)
     fs, path = get_fs(url)
@@ -39,6 +40,6 @@ def published_model(root: str) -> dict[str, Any]:
 def publish_model(root: str, model: dict[str, Any]) -> None:
     """Point ROOT's model pointer at `model` (an `ensure_model` result: its version, its
     directory and seed count)."""
-    keys = ("model_version", "model", "seeds", "trained")
+    keys = ("model_version", "model", "seeds", "trained", "seed_key")
     data = {"since": utc_now(), **{k: model.get(k) for k in keys}}
     write_text_atomic(model_pointer_url(root), json.dumps(data))

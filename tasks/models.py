@@ -102,13 +102,21 @@ def _unlabeled_key(unlabeled: list[str], params: Params, seeds: set[str]) -> lis
 
 
 def ensure_model(
-    root: str, params: Params, progress: bool = True, unlabeled: list[str] | None = None
+    root: str,
+    params: Params,
+    progress: bool = True,
+    unlabeled: list[str] | None = None,
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Model for the current seed set under `root`, trained first if missing.
 
     The seed set ROOT/seeds is bootstrapped from `train.seeds` on first use, and grows with
     the review loop's seeds; a changed set trains a new, content-addressed model.
-    Returns {"model": URL of the model directory, "model_version", "trained": bool,
+    `current`: the model in use (ROOT's model pointer). With no unlabeled folder it is kept
+    when it learned from the same seeds and params (`seed_key`), though it was adapted to
+    earlier drops: a night with nothing new to label trains nothing.
+    Returns {"model": URL of the model directory, "model_version", "seed_key" (its key without
+    the unlabeled frames), "trained": bool,
     "seeds": number of seeds, "train_seconds", "class_pixels": seed class-pixel counts (the
     reference histogram for QC drift)}.
     """
@@ -116,8 +124,17 @@ def ensure_model(
     seeds = ensure_seed_set(root, params, progress)
     fingerprint = seed_set_fingerprint(seeds)
     unlabeled = list(unlabeled or [])
+    learned_from = seed_key(fingerprint, params)
     drops = _unlabeled_key(unlabeled, params, {stem for stem, _, _ in fingerprint})
     url = join(root, "models", seed_key(fingerprint, params, drops))
+    in_use = str((current or {}).get("model") or "")
+    if (
+        not unlabeled
+        and in_use
+        and (current or {}).get("seed_key") == learned_from
+        and exists(join(in_use, CONFIG_FILE))
+    ):
+        url = in_use  # adapted to earlier drops, and learned from these very seeds
     trained = False
     stems = [stem for stem, _, _ in fingerprint]
     if not exists(join(url, CONFIG_FILE)):
@@ -140,6 +157,9 @@ def ensure_model(
     return {
         "model": url,
         "model_version": str(config.get("version", "")),
+        # what the model learned from people and params, the night's unlabeled drops left out:
+        # the nightly flow relabels older drops only when this changes (flows.nightly)
+        "seed_key": learned_from,
         "trained": trained,
         "seeds": len(stems),
         "seed_set": seeds,

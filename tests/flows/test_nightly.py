@@ -35,7 +35,10 @@ def test_nightly_labels_new_drops_once_and_skips_leased_ones(
     prefect_harness: None, tmp_path: Path, seed_set: Path
 ) -> None:
     root = tmp_path / "root"
-    params = write_params(tmp_path / "params.yaml", str(root), seed_set)
+    # norm_stats, as params.yaml sets it: each night's model adapts to its new drops
+    params = write_params(
+        tmp_path / "params.yaml", str(root), seed_set, train={"unlabeled_method": "norm_stats"}
+    )
     write_drop(str(root), "d1", 4, bad=True)
     write_drop(str(root), "d2", 2)
     write_drop(str(root), "d3", 2)
@@ -65,6 +68,14 @@ def test_nightly_labels_new_drops_once_and_skips_leased_ones(
     assert again["drops"] == {} and not again.get("trained")
     done = json.loads((root / "state/done/d1.json").read_text())
     assert done["labeled"] == 4
+
+    # A new drop: the model adapts to its frames (train.unlabeled_method norm_stats), so it
+    # is a new model; the same seeds, so older drops are not relabelled.
+    write_drop(str(root), "d4", 2)
+    third = _run(params)
+    assert third["trained"] and third["model_version"] != result["model_version"]
+    assert sorted(third["drops"]) == ["d4"] and third["relabeled"] == {}
+    assert json.loads((root / "state/done/d4.json").read_text())["seed_key"] == done["seed_key"]
 
 
 def test_a_drop_failing_qc_is_not_published_until_a_person_accepts_it(
