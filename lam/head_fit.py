@@ -224,6 +224,9 @@ def _fit_adapter(
             per = F.cross_entropy(logits, ids, weight=weights, reduction="none")
             ce = (per * sample_weight).sum() / (weights[ids] * sample_weight).sum().clamp(min=1e-6)
         reg = sum((p**2).sum() for p in params if p.ndim > 1)
+        if isinstance(adapter, ClassMapAdapter):  # its biases, towards the network's classes
+            reg_bias = sum((p**2).sum() for p in params if p is adapter.bias)
+            return ce + settings.weight_decay * reg + settings.class_map_bias_decay * reg_bias
         return ce + settings.weight_decay * reg
 
     adapter.train()

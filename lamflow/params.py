@@ -95,6 +95,7 @@ class TrainParams(_Section):
     norm_blend: float = Field(default=_TRAIN.norm_blend, ge=0, le=1)
     class_map_prior: float | None = Field(default=_TRAIN.class_map_prior, ge=0)
     class_map_fit_bias: bool = _TRAIN.class_map_fit_bias
+    class_map_bias_decay: float = Field(default=_TRAIN.class_map_bias_decay, ge=0)
 
     @field_validator("unlabeled_method")
     @classmethod

@@ -250,3 +250,27 @@ def test_a_mapped_class_no_seed_shows_keeps_a_neutral_bias():
     train_head(model, [image], [label], 255, TrainSettings(scales=(1.0,), hflip=False))
     bias = model.adapter.bias
     assert torch.isclose(bias[2], bias[:2].mean())
+
+
+def test_bias_decay_shrinks_the_class_map_biases_towards_the_network():
+    """class_map_bias_decay pulls the seed-fitted biases towards 0 (trust the network's own
+    classes); 0 leaves them free."""
+    from lam.settings import TrainSettings
+    from lam.train import train_head
+    from tests.conftest import make_scene
+
+    config = LamConfig(
+        classes=_TINY_CLASSES,
+        backbone="espnetv2_city",
+        source_mapping={"sky": "sky", "road": "road", "car": "car"},
+        optou_steps=0,
+        out_stride=2,
+    )
+    scenes = [make_scene(i) for i in range(2)]
+    norms = {}
+    for decay in (0.0, 0.01, 10.0):
+        model = build_lam(config, backbone=_tiny_source_backbone())
+        settings = TrainSettings(class_map_bias_decay=decay, scales=(1.0,), hflip=False)
+        train_head(model, [s[0] for s in scenes], [s[1] for s in scenes], 255, settings)
+        norms[decay] = float(model.adapter.bias.norm())
+    assert norms[0.0] > norms[0.01] > norms[10.0] and norms[10.0] < 0.05 * norms[0.0]
