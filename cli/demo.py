@@ -54,6 +54,8 @@ def _demo(args: argparse.Namespace) -> int:
         f"{' '.join(seeds)}",
         file=sys.stderr,
     )
+    # The val drive is the drop being labelled, so train gets its frames as the nightly flow
+    # gets a night's drops: unlabeled (train.unlabeled_method; their labels are never read).
     summary = train(
         str(camvid / "train/images"),
         str(camvid / "train/labels"),
@@ -62,12 +64,23 @@ def _demo(args: argparse.Namespace) -> int:
         str(out / "model"),
         params.model,
         params.train,
+        unlabeled=[str(camvid / "val/images")],
     )
     print(f"      model {summary['model_version']} in {summary['seconds']}s", file=sys.stderr)
+    read = summary["unlabeled"]["frames"]
+    if read:
+        print(
+            f"      {summary['unlabeled']['method']}: read the pixels of {len(read)} val frames "
+            "(never their labels)",
+            file=sys.stderr,
+        )
     if summary.get("weights"):  # a source network: say what its weights allow
         weights = summary["weights"]
         print(f"      weights {weights['file']}: {weights['licence']}", file=sys.stderr)
-    print("[2/3] labeling the val drive (0016E5, never seen in training)", file=sys.stderr)
+    print(
+        "[2/3] labeling the val drive (0016E5: no label of it was read in training)",
+        file=sys.stderr,
+    )
     ann = params.annotate.model_copy(update={"write_overlays": 8})
     result = annotate(str(out / "model"), str(camvid / "val/images"), str(out / "val"), ann)
     print(
