@@ -218,7 +218,12 @@ def _version_step(
     labels = {d: s["labels"] for d, s in labeled.items() if published(s)}
     for drive in sorted(done_drives(root) - set(labels)):
         done = read_done(root, drive)
-        same_model = done.get("model_version") == model["model_version"]
+        # the same model, or one that learned from the same seeds and params and differs
+        # only by the drops it adapted to (norm_stats: a new version every night with drops);
+        # the labels' URL names the version that wrote them
+        same_model = done.get("model_version") == model["model_version"] or bool(
+            done.get("seed_key") and done.get("seed_key") == model.get("seed_key")
+        )
         if same_model and done.get("labels") and done.get("versioned_labels") != done["labels"]:
             labels[drive] = str(done["labels"])
     drops = {

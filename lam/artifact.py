@@ -44,6 +44,23 @@ def backbone_fingerprint(backbone: Backbone, carried: tuple[str, ...] = ()) -> s
     return h.hexdigest()[:16]
 
 
+def _check_carried(backbone: Backbone, carried: tuple[str, ...]) -> None:
+    """Only BatchNorm running statistics may travel with the head (lam.norm_stats): any other
+    backbone tensor would replace a frozen weight the fingerprint no longer covers."""
+    allowed = {
+        f"{name}.{stat}" if name else stat
+        for name, m in backbone.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for stat in ("running_mean", "running_var")
+    }
+    bad = [k for k in carried if k not in allowed]
+    if bad:
+        shown = ", ".join(f"backbone.{k}" for k in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise LamflowError(
+            f"{WEIGHTS_FILE} carries backbone tensors that are no BatchNorm statistics: {shown}"
+        )
+
+
 def head_state(model: LabelAnythingModel) -> dict[str, torch.Tensor]:
     """Everything trained or set from seeds: adapter, prototypes, OptOU, and the backbone
     tensors set from the target drives' frames (`model.adapted_backbone_buffers`)."""
@@ -57,6 +74,7 @@ def head_state(model: LabelAnythingModel) -> dict[str, torch.Tensor]:
 
 def model_to_files(model: LabelAnythingModel, config: LamConfig) -> dict[str, bytes]:
     """Serialise to {file name: bytes}; sets `config.version` to a content hash."""
+    _check_carried(model.backbone, model.adapted_backbone_buffers)
     weights = save_safetensors(head_state(model), metadata={"format": str(FORMAT_VERSION)})
     fingerprint = backbone_fingerprint(model.backbone, model.adapted_backbone_buffers)
     config.extra = {**config.extra, "backbone_fingerprint": fingerprint}
@@ -80,6 +98,7 @@ def model_from_files(
     backbone = backbone or build_backbone(config.backbone, config.backbone_options)
     state = load_safetensors(files[WEIGHTS_FILE])
     carried = tuple(sorted(k[len("backbone.") :] for k in state if k.startswith("backbone.")))
+    _check_carried(backbone, carried)
     expected = config.extra.get("backbone_fingerprint")
     found = backbone_fingerprint(backbone, carried)
     if expected and found != expected:

@@ -80,6 +80,11 @@ def train_head(
         def seed_progress(stage: int, total: int, loss: float) -> None:
             outer(stage + before, total + total_extra, loss)
 
+    if norm_stats and model.adapted_backbone_buffers:
+        raise LamflowError(
+            "the backbone's statistics are already adapted to unlabeled frames: "
+            "norm_stats needs a freshly built model (it would blend on top of them)"
+        )
     if norm_stats and unlabeled is not None:
         model.adapted_backbone_buffers = tuple(
             adapt_norm_statistics(model.backbone, unlabeled, settings.norm_blend)

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from lam.artifact import CONFIG_FILE
+from lam.build import SOURCE_NETWORKS
 from lamflow.params import Params
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from tasks.frame_sources import load_classes, pick_unlabeled
@@ -82,6 +83,10 @@ def seed_key(
     train = params.train.model_dump(mode="json", exclude={"seeds"})
     if params.train.unlabeled_method == "none":  # then they change nothing: keep keys stable
         train.pop("unlabeled_frames")
+    if params.train.unlabeled_method != "norm_stats":  # read by norm_stats only
+        train.pop("norm_blend")
+    if params.model.backbone not in SOURCE_NETWORKS:  # only a class map head has those biases
+        train.pop("class_map_bias_decay")
     parts.append(train)
     if unlabeled:  # [stem, sha256] of the unlabeled frames train reads (`_unlabeled_key`)
         parts.append(unlabeled)

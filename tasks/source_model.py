@@ -232,8 +232,10 @@ def zero_seed_model(
     its version, provenance for the report).
 
     From `zs.source_model_dir` when set (any trained model directory); else the zero-seed
-    model `train --no-seeds` builds: the source network with its classes mapped onto
-    `class_list` by name, or by `zs.source_vocabulary`'s rows, no label read.
+    model `train --no-seeds` builds without unlabeled frames: the source network with its
+    classes mapped onto `class_list` by name, or by `zs.source_vocabulary`'s rows, no label
+    read, Cityscapes' normalisation statistics (a `train --no-seeds --unlabeled DROP` model
+    adapted to the drop can be named in `zs.source_model_dir`).
     """
     if zs.source_model_dir:
         from tasks.model_io import load_model

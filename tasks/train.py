@@ -88,9 +88,11 @@ def train(
             pixel weighted by it in the loss; a seed without one (a human's) counts fully.
         unlabeled: URLs of folders of frames whose labels are never read (the new drop,
             earlier drops). `train.unlabeled_method` says what they are for: none (the
-            default, chosen on the cross-drive folds) does not read them; self_train reads
-            `train.unlabeled_frames` of them, evenly spaced, and self-trains the head on them
-            (lam.train.train_head).
+            library's default, and EfficientNet-Lite0's) does not read them; norm_stats
+            (params.yaml's, chosen on the cross-drive folds for the source network) reads
+            `train.unlabeled_frames` of them, evenly spaced, and blends the backbone's
+            BatchNorm statistics towards theirs (lam.norm_stats); self_train reads as many
+            and self-trains the head on them (lam.train.train_head).
         seed_set: URL of a seed set (tasks.seed_set: images/, labels/, confidence/,
             provenance/): all its seeds are used, with their confidence maps; a stem of
             `seeds` that the set also holds is taken from the set.

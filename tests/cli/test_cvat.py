@@ -121,10 +121,15 @@ def test_polygons_are_the_cvat_export_s(labeled: dict[str, Path]) -> None:
     expected = decode_label((labeled["out"] / "labels" / f"{frame.stem}.png").read_bytes())
     with Image.open(frame) as image:
         shapes = function.detect(_context(conv_mask_to_poly=True), image)
-    want = [(cid, poly) for cid, poly in class_polygons(expected, function.classes)]
+    # the export's polygons in its z order, less the regions of one or two pixels, which
+    # make no CVAT polygon (the function leaves them out, their z slots unused)
+    want = [
+        (cid, z, poly.ravel().tolist())
+        for z, (cid, poly) in enumerate(class_polygons(expected, function.classes))
+        if len(poly) >= 3
+    ]
     assert [s.type.value for s in shapes] == ["polygon"] * len(want) and want
-    got = [(s.label_id, s.z_order, s.points) for s in shapes]
-    assert got == [(cid, z, poly.ravel().tolist()) for z, (cid, poly) in enumerate(want)]
+    assert [(s.label_id, s.z_order, s.points) for s in shapes] == want
 
 
 # --- through cvat-sdk's driver, with the server faked ----------------------------------------

@@ -215,3 +215,30 @@ def test_zero_seeds_need_a_class_map_head(tiny_backbone, tiny_classes):
     model = build_lam(LamConfig(classes=tiny_classes), backbone=tiny_backbone)
     with pytest.raises(LamflowError, match="no seed frame: only a class map head"):
         train_head(model, [], [], 255, TrainSettings())
+
+
+def test_only_batchnorm_statistics_may_travel_with_the_head():
+    """A head file carrying any other backbone tensor would swap a frozen weight past the
+    fingerprint: refused, naming the key."""
+    from safetensors.torch import load, save
+
+    adapted, config = _zero_seed_model("norm_stats")
+    files = model_to_files(adapted, config)
+    state = load(files[WEIGHTS_FILE])
+    state["backbone.network.base_net.level1.conv.weight"] = torch.zeros(1)
+    bad = {**files, WEIGHTS_FILE: save(state)}
+    with pytest.raises(LamflowError, match=r"no BatchNorm statistics: backbone\.network\.base"):
+        model_from_files(bad, backbone=_tiny_source_backbone())
+
+
+def test_statistics_are_adapted_once_per_model():
+    adapted, _ = _zero_seed_model("norm_stats")
+    with pytest.raises(LamflowError, match="already adapted"):
+        train_head(
+            adapted,
+            [],
+            [],
+            255,
+            TrainSettings(unlabeled_method="norm_stats"),
+            unlabeled=[make_scene(9)[0]],
+        )

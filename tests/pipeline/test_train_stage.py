@@ -251,6 +251,30 @@ def test_unlabeled_folders_enter_the_model_key_only_when_read(
     none = Params.model_validate({"data": data, "train": {"unlabeled_method": "none"}})
     keys = {seed_key(fingerprint, none, _key(none, [str(d / "images")])) for d in (drop, other)}
     assert len(keys) == 1 and keys == {seed_key(fingerprint, none)}
+    # a setting the method or the head does not read leaves the key as it was
+    other_blend = Params.model_validate(
+        {"data": data, "train": {"unlabeled_method": "none", "norm_blend": 0.9}}
+    )
+    assert seed_key(fingerprint, other_blend) == seed_key(fingerprint, none)
+    lite = {"backbone": "efficientnet_lite0", "backbone_options": {}}
+    lite_keys = {
+        seed_key(fingerprint, Params.model_validate({"data": data, "model": lite, "train": t}))
+        for t in (
+            {"unlabeled_method": "none"},
+            {"unlabeled_method": "none", "class_map_bias_decay": 1.0},
+        )
+    }
+    assert len(lite_keys) == 1
+    blends = {
+        seed_key(
+            fingerprint,
+            Params.model_validate(
+                {"data": data, "train": {"unlabeled_method": "norm_stats", "norm_blend": b}}
+            ),
+        )
+        for b in (0.5, 0.9)
+    }
+    assert len(blends) == 2  # norm_stats reads it
     for method in ("norm_stats", "self_train"):
         st = Params.model_validate({"data": data, "train": {"unlabeled_method": method}})
         first = seed_key(fingerprint, st, _key(st, [str(drop / "images")]))
