@@ -61,18 +61,21 @@ __all__ = ["adapted_model", "auto_workers", "bootstrap", "dask_runner", "label_d
 __all__ += ["nightly", "shared_prefect_api", "worker_environment"]
 
 
-def _model_changed(root: str, drive: str, model: dict[str, Any]) -> bool:
-    """Whether finished `drive` was labelled by a model that learned from other seeds or
-    params than `model`. A model that differs only in the night's unlabeled drops
-    (train.unlabeled_method: norm_stats adapts to them) does not relabel older drops: it was
-    adapted to the new drops, not to them, and relabelling every drop every night would
-    cost a fleet's whole history each night."""
-    done = read_done(root, drive)
-    if not done:
-        return False
+def _learned_alike(done: dict[str, Any], model: dict[str, Any]) -> bool:
+    """Whether the model that finished a drop (its done record) learned from the same seeds
+    and params as `model`. A model that differs only in the night's unlabeled drops
+    (train.unlabeled_method: norm_stats adapts to them) counts as alike: it was adapted to
+    the new drops, not to older ones, and relabelling every drop every night would cost a
+    fleet's whole history each night. Records from before `seed_key` compare versions."""
     if done.get("seed_key") and model.get("seed_key"):
-        return bool(done["seed_key"] != model["seed_key"])
-    return bool(done.get("base_model_version", done.get("model_version")) != model["model_version"])
+        return bool(done["seed_key"] == model["seed_key"])
+    return bool(done.get("base_model_version", done.get("model_version")) == model["model_version"])
+
+
+def _model_changed(root: str, drive: str, model: dict[str, Any]) -> bool:
+    """Whether finished `drive` was labelled by a model that learned otherwise than `model`."""
+    done = read_done(root, drive)
+    return bool(done) and not _learned_alike(done, model)
 
 
 def _finished_since_run_start(root: str, drive: str, version: str) -> bool:
@@ -218,13 +221,9 @@ def _version_step(
     labels = {d: s["labels"] for d, s in labeled.items() if published(s)}
     for drive in sorted(done_drives(root) - set(labels)):
         done = read_done(root, drive)
-        # the same model, or one that learned from the same seeds and params and differs
-        # only by the drops it adapted to (norm_stats: a new version every night with drops);
-        # the labels' URL names the version that wrote them
-        same_model = done.get("model_version") == model["model_version"] or bool(
-            done.get("seed_key") and done.get("seed_key") == model.get("seed_key")
-        )
-        if same_model and done.get("labels") and done.get("versioned_labels") != done["labels"]:
+        # a model alike to this run's (the labels' URL names the version that wrote them)
+        alike = _learned_alike(done, model)
+        if alike and done.get("labels") and done.get("versioned_labels") != done["labels"]:
             labels[drive] = str(done["labels"])
     drops = {
         d: {"labels": url, "vocabulary": join(drop_url(root, d), VOCABULARY_FILE)}

@@ -21,6 +21,7 @@ from lam.build import LamConfig, build_backbone, build_lam
 from lam.errors import LamflowError
 from lam.modeling.backbone import Backbone
 from lam.modeling.lam import LabelAnythingModel
+from lam.norm_stats import norm_statistics_keys
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "head.safetensors"
@@ -47,12 +48,7 @@ def backbone_fingerprint(backbone: Backbone, carried: tuple[str, ...] = ()) -> s
 def _check_carried(backbone: Backbone, carried: tuple[str, ...]) -> None:
     """Only BatchNorm running statistics may travel with the head (lam.norm_stats): any other
     backbone tensor would replace a frozen weight the fingerprint no longer covers."""
-    allowed = {
-        f"{name}.{stat}" if name else stat
-        for name, m in backbone.named_modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        for stat in ("running_mean", "running_var")
-    }
+    allowed = set(norm_statistics_keys(backbone))
     bad = [k for k in carried if k not in allowed]
     if bad:
         shown = ", ".join(f"backbone.{k}" for k in bad[:3]) + (", ..." if len(bad) > 3 else "")

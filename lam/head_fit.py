@@ -225,7 +225,7 @@ def _fit_adapter(
             ce = (per * sample_weight).sum() / (weights[ids] * sample_weight).sum().clamp(min=1e-6)
         reg = sum((p**2).sum() for p in params if p.ndim > 1)
         if isinstance(adapter, ClassMapAdapter):  # its biases, towards the network's classes
-            reg_bias = sum((p**2).sum() for p in params if p is adapter.bias)
+            reg_bias = (adapter.bias**2).sum()  # the one parameter a class map fits here
             return ce + settings.weight_decay * reg + settings.class_map_bias_decay * reg_bias
         return ce + settings.weight_decay * reg
 

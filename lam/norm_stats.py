@@ -17,7 +17,7 @@ Only the frames' pixels are read here: their labels never exist in this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,16 @@ def _norm_layers(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._Bat
         (name, m)
         for name, m in module.named_modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+def norm_statistics_keys(module: nn.Module) -> list[str]:
+    """State-dict keys of every running mean and variance in `module`: what
+    `adapt_norm_statistics` changes, and all a model artefact may carry of its backbone."""
+    return [
+        f"{name}.{stat}" if name else stat
+        for name, _ in _norm_layers(module)
+        for stat in _STATISTICS
     ]
 
 
@@ -69,7 +79,6 @@ def adapt_norm_statistics(
     frames: Sequence[np.ndarray],
     blend: float,
     batch_size: int = 4,
-    progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Blend every BatchNorm's running statistics of `backbone` towards those of `frames`.
 
@@ -85,7 +94,6 @@ def adapt_norm_statistics(
         frames: (H, W, 3) uint8 RGB frames of the target drives (any sizes).
         blend: 0 keeps the source statistics, 1 replaces them by the target's.
         batch_size: frames a forward pass (statistics are averaged over batches).
-        progress: called as progress(frames_done, frames_total).
 
     Returns:
         The state-dict keys of `backbone` that changed (each layer's running mean and
@@ -117,13 +125,9 @@ def adapt_norm_statistics(
             m.reset_running_stats()
             m.momentum = None  # None = cumulative average over the batches
             m.train()
-        done = 0
         for batch in _same_shape_batches(frames, batch_size):
             x = torch.from_numpy(np.stack([frames[i] for i in batch])).permute(0, 3, 1, 2)
             backbone(x.to(device))
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(frames))
     except BaseException:
         for name, live in stats.items():
             for now, before in zip(live, saved[name]):
@@ -138,4 +142,4 @@ def adapt_norm_statistics(
         mean.mul_(blend).add_(source_mean, alpha=1.0 - blend)
         var.mul_(blend).add_(source_var, alpha=1.0 - blend)
         count.copy_(source_count)  # only the statistics change
-    return [f"{name}.{stat}" if name else stat for name, _ in layers for stat in _STATISTICS]
+    return norm_statistics_keys(backbone)

@@ -131,7 +131,7 @@ def ensure_model(
     unlabeled = list(unlabeled or [])
     learned_from = seed_key(fingerprint, params)
     drops = _unlabeled_key(unlabeled, params, {stem for stem, _, _ in fingerprint})
-    url = join(root, "models", seed_key(fingerprint, params, drops))
+    url = join(root, "models", seed_key(fingerprint, params, drops) if drops else learned_from)
     in_use = str((current or {}).get("model") or "")
     if (
         not unlabeled

@@ -14,13 +14,12 @@ from torch.nn import functional as F
 from lam.artifact import WEIGHTS_FILE, backbone_fingerprint, model_from_files, model_to_files
 from lam.build import build_lam
 from lam.errors import LamflowError
-from lam.modeling.espnetv2 import ESPNetv2Segmentation
-from lam.modeling.source_network import CITYSCAPES_CLASSES, SourceNetworkBackbone
 from lam.norm_stats import _same_shape_batches, adapt_norm_statistics
 from lam.predictor import Annotator
 from lam.settings import LamConfig, TrainSettings
 from lam.train import train_head
 from tests.conftest import make_scene
+from tests.lam.tiny_source import tiny_source_backbone, tiny_source_config
 
 
 class _TwoLayers(nn.Module):
@@ -139,31 +138,11 @@ def test_frames_of_different_sizes_are_batched_apart():
     assert adapt_norm_statistics(net, [a, b, a], 1.0)  # no stacking error
 
 
-def _tiny_source_backbone() -> SourceNetworkBackbone:
-    """A randomly initialised ESPNetv2 s=1.0 on a 64x96 input: the registry's network."""
-    torch.manual_seed(0)
-    net = ESPNetv2Segmentation(1.0, 20).eval()
-    return SourceNetworkBackbone(net, CITYSCAPES_CLASSES, "cityscapes", (64, 96))
-
-
-_CLASSES = {"ignore_index": 255, "classes": [
-    {"id": 0, "name": "sky", "color": [0, 0, 255]},
-    {"id": 1, "name": "road", "color": [128, 128, 128]},
-    {"id": 2, "name": "car", "color": [255, 0, 0]},
-]}  # fmt: skip
-
-
 def _zero_seed_model(
     method: str,
 ) -> tuple[torch.nn.Module, LamConfig]:
-    config = LamConfig(
-        classes=_CLASSES,
-        backbone="espnetv2_city",
-        source_mapping={"sky": "sky", "road": "road", "car": "car"},
-        optou_steps=0,
-        out_stride=2,
-    )
-    model = build_lam(config, backbone=_tiny_source_backbone())
+    config = tiny_source_config()
+    model = build_lam(config, backbone=tiny_source_backbone())
     drop = [make_scene(i)[0] for i in range(3)]
     train_head(model, [], [], 255, TrainSettings(unlabeled_method=method), unlabeled=drop)
     return model, config
@@ -182,14 +161,14 @@ def test_adapted_statistics_travel_with_the_head_and_the_registry_backbone_still
     plain_files = model_to_files(plain, plain_config)
     assert not [k for k in load(plain_files[WEIGHTS_FILE]) if k.startswith("backbone.")]
     # both name the registry's backbone: the adapted one by every tensor it does not carry
-    registry = _tiny_source_backbone()
+    registry = tiny_source_backbone()
     assert plain_config.extra["backbone_fingerprint"] == backbone_fingerprint(registry)
     assert config.extra["backbone_fingerprint"] == backbone_fingerprint(
         registry, adapted.adapted_backbone_buffers
     )
     assert backbone_fingerprint(adapted.backbone) != backbone_fingerprint(registry)
 
-    loaded, _ = model_from_files(files, backbone=_tiny_source_backbone())
+    loaded, _ = model_from_files(files, backbone=tiny_source_backbone())
     assert loaded.adapted_backbone_buffers == tuple(sorted(adapted.adapted_backbone_buffers))
     for key in adapted.adapted_backbone_buffers:
         assert torch.equal(loaded.backbone.state_dict()[key], adapted.backbone.state_dict()[key])
@@ -204,7 +183,7 @@ def test_adapted_statistics_travel_with_the_head_and_the_registry_backbone_still
         model_to_files(loaded, LamConfig.from_dict(dict(config.__dict__)))[WEIGHTS_FILE]
         == (files[WEIGHTS_FILE])
     )
-    other = _tiny_source_backbone()
+    other = tiny_source_backbone()
     with torch.no_grad():
         other.network.base_net.level1.conv.weight.mul_(2)
     with pytest.raises(LamflowError, match="differs from the one the model was trained on"):
@@ -228,7 +207,7 @@ def test_only_batchnorm_statistics_may_travel_with_the_head():
     state["backbone.network.base_net.level1.conv.weight"] = torch.zeros(1)
     bad = {**files, WEIGHTS_FILE: save(state)}
     with pytest.raises(LamflowError, match=r"no BatchNorm statistics: backbone\.network\.base"):
-        model_from_files(bad, backbone=_tiny_source_backbone())
+        model_from_files(bad, backbone=tiny_source_backbone())
 
 
 def test_statistics_are_adapted_once_per_model():

@@ -18,6 +18,7 @@ from lam.modeling.source_network import CITYSCAPES_CLASSES, SourceNetworkBackbon
 from lam.modeling.state_loading import load_state_strict
 from lam.settings import LamConfig
 from tests.hand_maps import CITYSCAPES_TO_CAMVID
+from tests.lam.tiny_source import tiny_source_backbone, tiny_source_config
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / ".." / "shared" / "weights" / "edgenets"
@@ -179,20 +180,6 @@ def test_inference_copy_folds_batchnorm_and_gives_the_same_logits():
         assert torch.allclose(fast(images)[0], backbone(images)[0], atol=1e-3, rtol=1e-3)
 
 
-_TINY_CLASSES = {"ignore_index": 255, "classes": [
-    {"id": 0, "name": "sky", "color": [0, 0, 255]},
-    {"id": 1, "name": "road", "color": [128, 64, 128]},
-    {"id": 2, "name": "car", "color": [255, 0, 0]},
-]}  # fmt: skip
-
-
-def _tiny_source_backbone() -> SourceNetworkBackbone:
-    """A randomly initialised ESPNetv2 s=1.0 on a 64x96 input (no weight file needed)."""
-    torch.manual_seed(0)
-    net = ESPNetv2Segmentation(1.0, 20).eval()
-    return SourceNetworkBackbone(net, CITYSCAPES_CLASSES, "cityscapes", (64, 96))
-
-
 @pytest.mark.parametrize("prior", [None, 100.0])
 def test_training_fits_the_bias_and_keeps_or_estimates_the_map(prior: float | None):
     """Seeds fit the class map head's biases; the name map stays unless class_map_prior asks
@@ -201,17 +188,11 @@ def test_training_fits_the_bias_and_keeps_or_estimates_the_map(prior: float | No
     from lam.train import train_head
     from tests.conftest import make_scene
 
-    classes = _TINY_CLASSES
-    backbone = _tiny_source_backbone()
-    config = LamConfig(
-        classes=classes,
-        backbone="espnetv2_city",
+    config = tiny_source_config(
         source_mapping={"sky": "sky", "road": "road", "car": "car", "truck": "car"},
         source_mapping_manual=["truck"],
-        optou_steps=0,
-        out_stride=2,
     )
-    model = build_lam(config, backbone=backbone)
+    model = build_lam(config, backbone=tiny_source_backbone())
     before = model.adapter.mapping_matrix().clone()
     scenes = [make_scene(i) for i in range(2)]
     settings = TrainSettings(class_map_prior=prior, scales=(1.0,), hflip=False)
@@ -235,16 +216,7 @@ def test_a_mapped_class_no_seed_shows_keeps_a_neutral_bias():
     from lam.train import train_head
     from tests.conftest import make_scene
 
-    classes = _TINY_CLASSES
-    backbone = _tiny_source_backbone()
-    config = LamConfig(
-        classes=classes,
-        backbone="espnetv2_city",
-        source_mapping={"sky": "sky", "road": "road", "car": "car"},
-        optou_steps=0,
-        out_stride=2,
-    )
-    model = build_lam(config, backbone=backbone)
+    model = build_lam(tiny_source_config(), backbone=tiny_source_backbone())
     image, label = make_scene(0)
     label[label == 2] = 1  # no car pixel in the seed
     train_head(model, [image], [label], 255, TrainSettings(scales=(1.0,), hflip=False))
@@ -259,17 +231,11 @@ def test_bias_decay_shrinks_the_class_map_biases_towards_the_network():
     from lam.train import train_head
     from tests.conftest import make_scene
 
-    config = LamConfig(
-        classes=_TINY_CLASSES,
-        backbone="espnetv2_city",
-        source_mapping={"sky": "sky", "road": "road", "car": "car"},
-        optou_steps=0,
-        out_stride=2,
-    )
+    config = tiny_source_config()
     scenes = [make_scene(i) for i in range(2)]
     norms = {}
     for decay in (0.0, 0.01, 10.0):
-        model = build_lam(config, backbone=_tiny_source_backbone())
+        model = build_lam(config, backbone=tiny_source_backbone())
         settings = TrainSettings(class_map_bias_decay=decay, scales=(1.0,), hflip=False)
         train_head(model, [s[0] for s in scenes], [s[1] for s in scenes], 255, settings)
         norms[decay] = float(model.adapter.bias.norm())
