@@ -106,11 +106,10 @@ class LamflowFunction:
             label = self.label_map(image, context.conf_threshold)
         except OSError as exc:  # PIL: a truncated or unreadable frame
             raise LamflowError(f"{context.frame_name}: cannot decode image ({exc})") from exc
-        if context.conv_mask_to_poly:  # a region of one or two pixels makes no polygon
+        if context.conv_mask_to_poly:
             return [
                 cvataa.polygon(cid, poly.ravel().tolist(), z_order=z)
                 for z, (cid, poly) in enumerate(class_polygons(label, self.classes))
-                if len(poly) >= 3
             ]
         present = np.flatnonzero(np.bincount(label.reshape(-1), minlength=256))
         return [

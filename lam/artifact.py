@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -68,6 +69,19 @@ def head_state(model: LabelAnythingModel) -> dict[str, torch.Tensor]:
     }
 
 
+def _identity_json(config: LamConfig) -> str:
+    """The config as the version hashes it: without `backbone_options.weights`.
+
+    That option only says where this machine found the backbone's file, a hint for loading;
+    the fingerprint names the tensors, so the same model trained where the file lies
+    elsewhere gets the same version (and the nightly flow relabels nothing for a move).
+    """
+    if "weights" not in (config.backbone_options or {}):
+        return config.to_json()
+    options = {k: v for k, v in config.backbone_options.items() if k != "weights"}
+    return replace(config, backbone_options=options).to_json()
+
+
 def model_to_files(model: LabelAnythingModel, config: LamConfig) -> dict[str, bytes]:
     """Serialise to {file name: bytes}; sets `config.version` to a content hash."""
     _check_carried(model.backbone, model.adapted_backbone_buffers)
@@ -75,7 +89,7 @@ def model_to_files(model: LabelAnythingModel, config: LamConfig) -> dict[str, by
     fingerprint = backbone_fingerprint(model.backbone, model.adapted_backbone_buffers)
     config.extra = {**config.extra, "backbone_fingerprint": fingerprint}
     config.version = ""
-    digest = hashlib.sha256(weights + config.to_json().encode()).hexdigest()[:12]
+    digest = hashlib.sha256(weights + _identity_json(config).encode()).hexdigest()[:12]
     config.version = f"lam-{digest}"
     return {CONFIG_FILE: config.to_json().encode(), WEIGHTS_FILE: weights}
 

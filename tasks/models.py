@@ -19,7 +19,7 @@ from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from tasks.frame_sources import load_classes, pick_unlabeled
 from tasks.seed_bootstrap import bootstrap_from_zero_shot, bootstrap_seed_set
 from tasks.seed_set import BOOTSTRAP_MARKER, seed_set_fingerprint, seed_set_url
-from tasks.source_model import mapping_vocabulary_key, model_key_fields
+from tasks.source_model import mapping_vocabulary_key, mapping_wordnet_key, model_key_fields
 from tasks.train import train
 from tasks.zero_shot_seeds import zero_shot_seeds
 
@@ -80,6 +80,9 @@ def seed_key(
     vocabulary = mapping_vocabulary_key(params.model)
     if vocabulary:  # the class map's rows, a person's corrections included
         parts.append({"vocabulary_sha256": vocabulary})
+    wordnet = mapping_wordnet_key(params.model)
+    if wordnet:  # rows proposed from names use WordNet where it is installed
+        parts.append({"wordnet_sha256": wordnet})
     train = params.train.model_dump(mode="json", exclude={"seeds"})
     if params.train.unlabeled_method == "none":  # then they change nothing: keep keys stable
         train.pop("unlabeled_frames")

@@ -24,6 +24,7 @@ from lam.modeling.lam import LabelAnythingModel
 from lam.modeling.source_network import SourceNetworkBackbone
 from lam.pretrained import downloads_allowed, resolve_weights
 from lam.vocabulary.taxonomy import UNMAPPED
+from lam.vocabulary.wordnet import find_wordnet_dir
 from lamflow.params import ModelParams, ZeroShotSeedsParams
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from lamflow.weights import local_weights_path
@@ -203,10 +204,14 @@ def zero_seed_model_key(zs: ZeroShotSeedsParams, model: ModelParams) -> dict[str
 def model_key_fields(model: ModelParams) -> dict[str, object]:
     """`model` as JSON for cache keys, without `vocabulary` when it is unset: a field added
     2026-12-07 must not change the key of every model trained before it (its bytes enter
-    the key separately, `mapping_vocabulary_key`)."""
+    the key separately, `mapping_vocabulary_key`). `weights` is blanked: a weights file is
+    verified against the registry's sha256, so moving it changes no model."""
     fields = model.model_dump(mode="json")
     if not fields.get("vocabulary"):
         fields.pop("vocabulary", None)
+    # where the weights file lies is not what a model learns from: the file is checked
+    # against the registry's sha256. "" keeps the keys of models trained before this.
+    fields["weights"] = ""
     return fields
 
 
@@ -216,6 +221,18 @@ def mapping_vocabulary_key(model: ModelParams) -> str:
     if not model.vocabulary or model.backbone not in SOURCE_NETWORKS:
         return ""
     return _file_sha256(model.vocabulary, "model.vocabulary")
+
+
+def mapping_wordnet_key(model: ModelParams) -> str:
+    """sha256 of WordNet's `data.noun` when a source-network backbone's map is proposed from
+    names on a machine that has WordNet ("" otherwise: then keys stay what they were).
+
+    Installing WordNet can change the proposed rows, so it must change the model's key.
+    """
+    if model.backbone not in SOURCE_NETWORKS:
+        return ""
+    folder = find_wordnet_dir()
+    return sha256_bytes((folder / "data.noun").read_bytes()) if folder is not None else ""
 
 
 def _file_sha256(url: str, setting: str) -> str:

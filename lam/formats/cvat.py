@@ -33,6 +33,19 @@ _GT_DIR = "gtFine/default"
 _LABEL_IDS = "_gtFine_labelIds.png"
 
 
+def _at_least_three_points(contour: np.ndarray) -> np.ndarray:
+    """(K, 2) XY boundary pixels -> (max(K, 3), 2) int32, the last point repeated for K < 3.
+
+    A region of one or two pixels traces one or two points, and CVAT's importer (Datumaro)
+    refuses a polygon of fewer than three points, failing the whole file. Repeating a point
+    keeps those pixels: painted with its outline, the polygon covers exactly them.
+    """
+    contour = contour.astype(np.int32)
+    if len(contour) >= 3:
+        return contour
+    return np.concatenate([contour, np.repeat(contour[-1:], 3 - len(contour), axis=0)])
+
+
 def _regions(label: np.ndarray, classes: ClassList) -> list[tuple[int, int, np.ndarray]]:
     """[(filled area, class id, polygon (K, 2) int32 XY)] per 4-connected region, largest first.
 
@@ -52,7 +65,7 @@ def _regions(label: np.ndarray, classes: ClassList) -> list[tuple[int, int, np.n
                 filled = np.zeros(label.shape, dtype=np.uint8)
                 cv2.fillPoly(filled, [c], 1)
                 cv2.polylines(filled, [c], True, 1, 1)
-                out.append((int(filled.sum()), cid, c[:, 0, :].astype(np.int32)))
+                out.append((int(filled.sum()), cid, _at_least_three_points(c[:, 0, :])))
     out.sort(key=lambda t: -t[0])
     return out
 
@@ -60,7 +73,8 @@ def _regions(label: np.ndarray, classes: ClassList) -> list[tuple[int, int, np.n
 def class_polygons(label: np.ndarray, classes: ClassList) -> list[tuple[int, np.ndarray]]:
     """(H, W) uint8 class ids -> [(class id, (K, 2) int32 XY polygon)], in painting order.
 
-    One polygon per 4-connected region of a class (void left out), tracing its boundary pixels;
+    One polygon per 4-connected region of a class (void left out), tracing its boundary pixels
+    (at least three points: a one- or two-pixel region repeats its last point);
     painted in this order (z_order = index), later regions over earlier ones, they rebuild the
     map, labelled holes included (void holes are filled by the enclosing class). What the CVAT
     XML export writes, and what the CVAT function returns when asked for polygons.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -150,6 +151,18 @@ def test_cvat_xml_round_trip(classes) -> None:
     assert sorted(back) == [f"f{i}.jpg" for i in range(4)]
     for name, lab in frames:
         assert (back[name] == lab).all(), name
+
+
+def test_cvat_xml_polygons_of_tiny_regions_have_three_points(classes) -> None:
+    """Datumaro (CVAT's importer) refuses a polygon under three points, failing the whole file:
+    a one- and a two-pixel region are written with three, and come back exactly."""
+    lab = np.full((8, 10), 0, np.uint8)
+    lab[2, 3] = 1  # one pixel
+    lab[5, 6:8] = 2  # two pixels
+    xml = labels_to_cvat_xml([("a.jpg", lab)], classes)
+    points = [p.split(b";") for p in re.findall(rb'points="([^"]*)"', xml)]
+    assert len(points) == 3 and min(len(p) for p in points) == 3
+    assert (cvat_xml_to_labels(xml, classes)["a.jpg"] == lab).all()
 
 
 def test_cvat_xml_unknown_label_is_named(classes) -> None:

@@ -50,6 +50,21 @@ def test_version_is_a_content_hash(trained):
     assert v3 != v1
 
 
+def test_version_ignores_where_the_weights_file_lay(trained):
+    """`backbone_options.weights` says where this machine found the file, kept as a loading
+    hint; the same model saved from another path has the same version (only the hint
+    differs), so moving the file relabels nothing."""
+    model, config = trained
+    plain = json.loads(model_to_files(model, config)[CONFIG_FILE])["version"]
+    versions = set()
+    for path in ("/a/espnetv2.pth", "/b/espnetv2.pth"):
+        config.backbone_options = {**config.backbone_options, "weights": path}
+        saved = json.loads(model_to_files(model, config)[CONFIG_FILE])
+        assert saved["backbone_options"]["weights"] == path
+        versions.add(saved["version"])
+    assert versions == {plain}
+
+
 def test_missing_files_and_other_backbone_are_refused(trained, tiny_backbone):
     import timm
     import torch

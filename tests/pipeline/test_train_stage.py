@@ -318,6 +318,30 @@ def test_model_vocabulary_rows_enter_the_model_key(tmp_path: Path, classes: Path
         seed_key(fingerprint, params)
 
 
+def test_installing_wordnet_changes_a_name_mapped_model_key(
+    tmp_path: Path, classes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows proposed from names use WordNet where installed: installing it (or another
+    version) must retrain the source-network model; without it keys stay as they were."""
+    import lam.vocabulary.wordnet as wordnet
+    from lamflow.params import Params
+    from tasks.models import seed_key
+
+    monkeypatch.setattr(wordnet, "SEARCH_DIRS", ())
+    monkeypatch.delenv("WNSEARCHDIR", raising=False)
+    fingerprint = [["drvA_0000", "a" * 64, "b" * 64]]
+    data = {"classes": str(classes)}
+    city = Params.model_validate({"data": data, "model": {"backbone": "espnetv2_city"}})
+    lite = Params.model_validate({"data": data, "model": {"backbone": "efficientnet_lite0"}})
+    without = seed_key(fingerprint, city), seed_key(fingerprint, lite)
+    (tmp_path / "data.noun").write_text("00001740 03 n 01 entity 0 000 | that which exists\n")
+    monkeypatch.setenv("WNSEARCHDIR", str(tmp_path))
+    installed = seed_key(fingerprint, city)
+    assert installed != without[0] and seed_key(fingerprint, lite) == without[1]
+    (tmp_path / "data.noun").write_text("00001740 03 n 01 entity 0 000 | another version\n")
+    assert seed_key(fingerprint, city) not in (installed, without[0])
+
+
 def test_an_unset_model_vocabulary_keeps_earlier_model_keys() -> None:
     """`model.vocabulary` (added 2026-12-07) unset must not change the key of every model
     trained before it: it leaves the keyed fields when empty."""
@@ -329,3 +353,12 @@ def test_an_unset_model_vocabulary_keeps_earlier_model_keys() -> None:
         k: v for k, v in ModelParams().model_dump(mode="json").items() if k != "vocabulary"
     }
     assert model_key_fields(ModelParams(vocabulary="v.yaml"))["vocabulary"] == "v.yaml"
+
+
+def test_where_the_weights_file_lies_is_not_in_the_model_key() -> None:
+    """`model.weights` names a file checked against the registry's sha256: moving it must not
+    retrain and relabel a fleet."""
+    from tasks.source_model import model_key_fields
+
+    keys = [model_key_fields(ModelParams(weights=w)) for w in ("", "/a/x.pth", "s3://b/x.pth")]
+    assert keys[0] == keys[1] == keys[2]
