@@ -62,6 +62,16 @@ def _load_doc(url: str) -> dict[str, Any]:
     return doc
 
 
+def proposes_from_names(
+    taxonomy: str, source_classes: Sequence[str], vocabulary_url: str | None = None
+) -> bool:
+    """Whether `source_mapping_for` would propose any row from the names: no file, a file
+    without rows for `taxonomy`, or one that lacks some of `source_classes`. Only then can
+    WordNet (read by the proposal) change the map in use."""
+    stored = read_source_mapping(_load_doc(vocabulary_url), taxonomy) if vocabulary_url else None
+    return stored is None or not set(source_classes) <= {r.synset for r in stored}
+
+
 def source_mapping_for(
     taxonomy: str,
     source_classes: Sequence[str],

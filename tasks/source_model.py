@@ -21,14 +21,14 @@ from lam.errors import LamflowError
 from lam.modeling.backbone import Backbone
 from lam.modeling.class_map import ClassMapAdapter
 from lam.modeling.lam import LabelAnythingModel
-from lam.modeling.source_network import SourceNetworkBackbone
-from lam.pretrained import downloads_allowed, resolve_weights
+from lam.modeling.source_network import SOURCE_TAXONOMIES, SourceNetworkBackbone
+from lam.pretrained import downloads_allowed, file_sha256, resolve_weights
 from lam.vocabulary.taxonomy import UNMAPPED
 from lam.vocabulary.wordnet import find_wordnet_dir
 from lamflow.params import ModelParams, ZeroShotSeedsParams
 from lamflow.storage import exists, join, read_bytes, sha256_bytes
 from lamflow.weights import local_weights_path
-from tasks.source_mapping import source_mapping_for
+from tasks.source_mapping import proposes_from_names, source_mapping_for
 
 log = logging.getLogger(__name__)
 SOURCE_NETWORK_BACKBONES: tuple[str, ...] = tuple(SOURCE_NETWORKS)
@@ -191,13 +191,17 @@ def zero_seed_model_key(zs: ZeroShotSeedsParams, model: ModelParams) -> dict[str
     if zs.source_model_dir:
         config = json.loads(read_bytes(join(zs.source_model_dir, CONFIG_FILE)))
         return {"model_version": str(config.get("version", ""))}
-    key: dict[str, object] = {"model": model_key_fields(zero_seed_model_params(zs, model))}
+    params = zero_seed_model_params(zs, model)
+    key: dict[str, object] = {"model": model_key_fields(params)}
     if zs.source_vocabulary:
         key["vocabulary_sha256"] = _file_sha256(
             zs.source_vocabulary, "zero_shot_seeds.source_vocabulary"
         )
     elif model.vocabulary:
         key["vocabulary_sha256"] = _file_sha256(model.vocabulary, "model.vocabulary")
+    wordnet = mapping_wordnet_key(params, zs.source_vocabulary)
+    if wordnet:  # its map's rows proposed from names use WordNet where it is installed
+        key["wordnet_sha256"] = wordnet
     return key
 
 
@@ -210,8 +214,12 @@ def model_key_fields(model: ModelParams) -> dict[str, object]:
     if not fields.get("vocabulary"):
         fields.pop("vocabulary", None)
     # where the weights file lies is not what a model learns from: the file is checked
-    # against the registry's sha256. "" keeps the keys of models trained before this.
+    # against the registry's sha256. "" keeps the keys of models that never set a path
+    # (a fleet that did retrains once, then no more for a move)
     fields["weights"] = ""
+    options = fields.get("backbone_options") or {}
+    if "weights" in options:
+        fields["backbone_options"] = {k: v for k, v in options.items() if k != "weights"}
     return fields
 
 
@@ -223,16 +231,24 @@ def mapping_vocabulary_key(model: ModelParams) -> str:
     return _file_sha256(model.vocabulary, "model.vocabulary")
 
 
-def mapping_wordnet_key(model: ModelParams) -> str:
-    """sha256 of WordNet's `data.noun` when a source-network backbone's map is proposed from
-    names on a machine that has WordNet ("" otherwise: then keys stay what they were).
+def mapping_wordnet_key(model: ModelParams, vocabulary: str | None = None) -> str:
+    """sha256 of WordNet's `data.noun` when a source-network backbone's map proposes rows from
+    names on a machine that has WordNet; "" otherwise (then keys stay what they were).
 
-    Installing WordNet can change the proposed rows, so it must change the model's key.
+    Installing WordNet can change the proposed rows, so it must change the model's key. A
+    map whose rows all come from a vocabulary file (`vocabulary`, else `model.vocabulary`)
+    reads no WordNet, and its key does not depend on it.
     """
     if model.backbone not in SOURCE_NETWORKS:
         return ""
     folder = find_wordnet_dir()
-    return sha256_bytes((folder / "data.noun").read_bytes()) if folder is not None else ""
+    if folder is None:
+        return ""
+    taxonomy = SOURCE_NETWORKS[model.backbone][0]
+    rows_from = vocabulary or model.vocabulary or None
+    if not proposes_from_names(taxonomy, SOURCE_TAXONOMIES[taxonomy], rows_from):
+        return ""
+    return file_sha256(folder / "data.noun")
 
 
 def _file_sha256(url: str, setting: str) -> str:

@@ -38,7 +38,8 @@ def _at_least_three_points(contour: np.ndarray) -> np.ndarray:
 
     A region of one or two pixels traces one or two points, and CVAT's importer (Datumaro)
     refuses a polygon of fewer than three points, failing the whole file. Repeating a point
-    keeps those pixels: painted with its outline, the polygon covers exactly them.
+    keeps those pixels: painted with its outline (as `cvat_xml_to_labels` paints), the polygon
+    covers exactly them. A renderer that fills area only may show nothing for it.
     """
     contour = contour.astype(np.int32)
     if len(contour) >= 3:

@@ -342,6 +342,55 @@ def test_installing_wordnet_changes_a_name_mapped_model_key(
     assert seed_key(fingerprint, city) not in (installed, without[0])
 
 
+def test_wordnet_enters_a_key_only_where_the_map_proposes_from_names(
+    tmp_path: Path, classes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vocabulary with a row for every source class reads no WordNet: its key ignores it.
+    One that lacks a class proposes that row from names, so WordNet enters. The zero-seed
+    labeller's key (source_model backend) follows the same rule."""
+    import lam.vocabulary.wordnet as wordnet
+    from lam.modeling.source_network import CITYSCAPES_CLASSES
+    from lamflow.params import Params, ZeroShotSeedsParams
+    from tasks.models import seed_key
+    from tasks.source_model import zero_seed_model_key
+
+    monkeypatch.setattr(wordnet, "SEARCH_DIRS", ())
+    monkeypatch.delenv("WNSEARCHDIR", raising=False)
+    fingerprint = [["drvA_0000", "a" * 64, "b" * 64]]
+
+    def vocabulary(name: str, source_classes: tuple[str, ...]) -> Path:
+        rows = ", ".join(
+            f"{{synset: {c!r}, target: road, similarity: 1.0, source: manual}}"
+            for c in source_classes
+        )
+        path = tmp_path / name
+        path.write_text(f"source_mapping: {{cityscapes: {{rows: [{rows}]}}}}\n")
+        return path
+
+    full = vocabulary("full.yaml", CITYSCAPES_CLASSES)
+    part = vocabulary("part.yaml", CITYSCAPES_CLASSES[:-2])
+    data = {"classes": str(classes)}
+
+    def keys() -> tuple[str, ...]:
+        out = []
+        for vocab in (full, part):
+            model = {"backbone": "espnetv2_city", "vocabulary": str(vocab)}
+            out.append(seed_key(fingerprint, Params.model_validate({"data": data, "model": model})))
+            params = Params.model_validate({"data": data, "model": model})
+            zs = ZeroShotSeedsParams(backend="source_model")
+            out.append(json.dumps(zero_seed_model_key(zs, params.model), sort_keys=True))
+        return tuple(out)
+
+    without = keys()
+    (tmp_path / "wn").mkdir()
+    (tmp_path / "wn" / "data.noun").write_text("00001740 03 n 01 entity 0 000 | exists\n")
+    monkeypatch.setenv("WNSEARCHDIR", str(tmp_path / "wn"))
+    installed = keys()
+    assert installed[:2] == without[:2]  # every row from the file
+    assert installed[2] != without[2] and installed[3] != without[3]  # a row from names
+    assert "wordnet_sha256" in installed[3]
+
+
 def test_an_unset_model_vocabulary_keeps_earlier_model_keys() -> None:
     """`model.vocabulary` (added 2026-12-07) unset must not change the key of every model
     trained before it: it leaves the keyed fields when empty."""
@@ -362,3 +411,6 @@ def test_where_the_weights_file_lies_is_not_in_the_model_key() -> None:
 
     keys = [model_key_fields(ModelParams(weights=w)) for w in ("", "/a/x.pth", "s3://b/x.pth")]
     assert keys[0] == keys[1] == keys[2]
+    options = ModelParams().backbone_options
+    moved = ModelParams(backbone_options={**options, "weights": "/c/x.pth"})
+    assert model_key_fields(moved) == keys[0]  # the other place a path can be given
