@@ -73,6 +73,20 @@ def seed_key(
     and train params; `train.seeds` itself is left out, since once the set exists the set, not
     that list, says what the model learns from.
     """
+    return _key_of(_seed_key_parts(fingerprint, params), unlabeled)
+
+
+def _key_of(parts: list[Any], unlabeled: list[list[str]] | None = None) -> str:
+    """`seed_key` of its parts (read once by a caller that needs the key with and without
+    the unlabeled frames) and the unlabeled frames' [stem, sha256] (`_unlabeled_key`)."""
+    return sha256_bytes(
+        json.dumps(parts + ([unlabeled] if unlabeled else []), sort_keys=True).encode()
+    )[:16]
+
+
+def _seed_key_parts(fingerprint: list[list[str]], params: Params) -> list[Any]:
+    """What `seed_key` hashes besides the unlabeled frames; reads the class list, the
+    vocabulary and WordNet (when they enter)."""
     src = seed_sources(params)
     parts: list[Any] = [sha256_bytes(read_bytes(src["classes"]))]
     parts.append(fingerprint)
@@ -91,9 +105,7 @@ def seed_key(
     if params.model.backbone not in SOURCE_NETWORKS:  # only a class map head has those biases
         train.pop("class_map_bias_decay")
     parts.append(train)
-    if unlabeled:  # [stem, sha256] of the unlabeled frames train reads (`_unlabeled_key`)
-        parts.append(unlabeled)
-    return sha256_bytes(json.dumps(parts, sort_keys=True).encode())[:16]
+    return parts
 
 
 def _unlabeled_key(unlabeled: list[str], params: Params, seeds: set[str]) -> list[list[str]]:
@@ -132,9 +144,10 @@ def ensure_model(
     seeds = ensure_seed_set(root, params, progress)
     fingerprint = seed_set_fingerprint(seeds)
     unlabeled = list(unlabeled or [])
-    learned_from = seed_key(fingerprint, params)
+    parts = _seed_key_parts(fingerprint, params)  # the class list and vocabulary read once
+    learned_from = _key_of(parts)
     drops = _unlabeled_key(unlabeled, params, {stem for stem, _, _ in fingerprint})
-    url = join(root, "models", seed_key(fingerprint, params, drops) if drops else learned_from)
+    url = join(root, "models", _key_of(parts, drops) if drops else learned_from)
     in_use = str((current or {}).get("model") or "")
     if (
         not unlabeled
